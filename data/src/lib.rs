@@ -1,0 +1,23 @@
+//! osstune-data: coding-agent session logs → Harmony training samples.
+//!
+//! Readers ([`opencode`], [`claude`]) turn each log format into the harness-neutral
+//! [`session::Session`]; [`sample`] renders one genuine user turn as one sample with its loss
+//! mask; [`convert`] walks inputs, deduplicates, splits ([`split`]) and writes
+//! `train.jsonl` / `valid.jsonl` / `stats.json` (schema in docs/data.md).
+
+pub mod claude;
+pub mod convert;
+pub mod diag;
+pub mod inspect;
+pub mod opencode;
+pub mod sample;
+pub mod session;
+pub mod split;
+pub mod synth;
+pub mod tools;
+pub mod walk;
+
+pub use convert::{convert, ConvertOptions, Stats};
+pub use sample::Sample;
+pub use split::SplitBy;
+pub use walk::InputFormat;

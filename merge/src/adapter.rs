@@ -1,0 +1,297 @@
+//! Reading an osstune adapter (docs/design.md §2) for folding: `adapters.safetensors` (f32,
+//! nn.Linear orientation, delta = alpha/rank · B·A) + `adapter_config.json`. Tensors stay
+//! memory-mapped; deltas are computed one matrix (or one expert) at a time.
+
+use crate::st::{Dtype, Tensors};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A LoRA attachment point of a gpt-oss layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Router,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 8] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Router,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// Module path inside `model.layers.{L}.`.
+    pub fn module(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Router => "mlp.router",
+            Target::Gate => "mlp.experts.gate_proj",
+            Target::Up => "mlp.experts.up_proj",
+            Target::Down => "mlp.experts.down_proj",
+        }
+    }
+
+    pub fn is_expert(self) -> bool {
+        matches!(self, Target::Gate | Target::Up | Target::Down)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BaseModelRef {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub num_hidden_layers: Option<usize>,
+    #[serde(default)]
+    pub hidden_size: Option<usize>,
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AdapterConfig {
+    pub format: String,
+    pub version: u32,
+    pub rank: usize,
+    pub alpha: f64,
+    pub base_model: BaseModelRef,
+}
+
+/// Shape a target has in the base: `experts` is `Some(E)` for expert matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetShape {
+    pub experts: Option<usize>,
+    pub out: usize,
+    pub inp: usize,
+}
+
+pub struct Adapter {
+    pub dir: PathBuf,
+    pub config: AdapterConfig,
+    pub scale: f32,
+    file: PathBuf,
+    tensors: Tensors,
+    /// (layer, target) pairs that have both lora_a and lora_b.
+    present: BTreeSet<(usize, Target)>,
+}
+
+impl Adapter {
+    pub fn open(dir: &Path) -> Result<Adapter> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
+        let config: AdapterConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an osstune adapter config", cfg_path.display()))?;
+        if config.format != "osstune-lora" || config.version != 1 {
+            bail!(
+                "{}: format {:?} version {} is not osstune-lora v1 (convert PEFT / mlx-lm adapters \
+                 with `osstune adapters import`)",
+                cfg_path.display(),
+                config.format,
+                config.version
+            );
+        }
+        if config.rank == 0 || !config.alpha.is_finite() {
+            bail!(
+                "{}: rank {} / alpha {} invalid",
+                cfg_path.display(),
+                config.rank,
+                config.alpha
+            );
+        }
+        let scale = (config.alpha / config.rank as f64) as f32;
+        let file = dir.join("adapters.safetensors");
+        if !file.exists() {
+            bail!(
+                "{}: missing (adapter folder {})",
+                file.display(),
+                dir.display()
+            );
+        }
+        let tensors = Tensors::open_files(std::slice::from_ref(&file))?;
+        let mut a_seen = BTreeSet::new();
+        let mut b_seen = BTreeSet::new();
+        for name in tensors.names() {
+            let (layer, target, is_a) = parse_name(name).with_context(|| {
+                format!(
+                    "{}: tensor {name} is not an osstune LoRA tensor \
+                     (model.layers.N.<module>.lora_a|lora_b)",
+                    file.display()
+                )
+            })?;
+            let info = tensors.info(name)?;
+            if info.dtype != Dtype::F32 {
+                bail!(
+                    "{}: tensor {name} is {}, adapters are F32",
+                    file.display(),
+                    info.dtype.name()
+                );
+            }
+            if is_a { &mut a_seen } else { &mut b_seen }.insert((layer, target));
+        }
+        if let Some(x) = a_seen.symmetric_difference(&b_seen).next() {
+            bail!(
+                "{}: model.layers.{}.{} has only one of lora_a / lora_b",
+                file.display(),
+                x.0,
+                x.1.module()
+            );
+        }
+        Ok(Adapter {
+            dir: dir.to_path_buf(),
+            config,
+            scale,
+            file,
+            tensors,
+            present: a_seen,
+        })
+    }
+
+    pub fn has(&self, layer: usize, t: Target) -> bool {
+        self.present.contains(&(layer, t))
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &(usize, Target)> {
+        self.present.iter()
+    }
+
+    /// Checks the adapter against the base: layer range and every A/B shape. `shape_of`
+    /// gives a target's shape in the base (None if the base has no such module).
+    pub fn check_shapes(
+        &self,
+        layers: usize,
+        shape_of: impl Fn(usize, Target) -> Result<TargetShape>,
+    ) -> Result<()> {
+        let r = self.config.rank;
+        for &(l, t) in &self.present {
+            let (na, nb) = names(l, t);
+            if l >= layers {
+                bail!(
+                    "{}: {na} is for layer {l}, the base has {layers} layers",
+                    self.file.display()
+                );
+            }
+            let s = shape_of(l, t)?;
+            let (want_a, want_b) = match s.experts {
+                Some(e) => (vec![e, r, s.inp], vec![e, s.out, r]),
+                None => (vec![r, s.inp], vec![s.out, r]),
+            };
+            for (n, want) in [(&na, want_a), (&nb, want_b)] {
+                let got = &self.tensors.info(n)?.shape;
+                if *got != want {
+                    bail!(
+                        "{}: {n} has shape {got:?}, the base needs {want:?} (rank {r}): \
+                         this adapter was made for another model",
+                        self.file.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// scale·B·A for a plain linear target, [out, in]; None if not adapted.
+    pub fn linear_delta(&self, layer: usize, t: Target) -> Result<Option<Vec<f32>>> {
+        if !self.has(layer, t) {
+            return Ok(None);
+        }
+        let (na, nb) = names(layer, t);
+        let a = self.tensors.f32(&na)?;
+        let b = self.tensors.f32(&nb)?;
+        self.ba(&na, &b, &a).map(Some)
+    }
+
+    /// scale·B_e·A_e for expert `e` of an expert target, [out, in]; None if not adapted.
+    pub fn expert_delta(&self, layer: usize, t: Target, e: usize) -> Result<Option<Vec<f32>>> {
+        if !self.has(layer, t) {
+            return Ok(None);
+        }
+        let (na, nb) = names(layer, t);
+        let a = self.tensors.f32_slice0(&na, e)?;
+        let b = self.tensors.f32_slice0(&nb, e)?;
+        self.ba(&na, &b, &a).map(Some)
+    }
+
+    fn ba(&self, name: &str, b: &[f32], a: &[f32]) -> Result<Vec<f32>> {
+        let r = self.config.rank;
+        let (out, inp) = (b.len() / r, a.len() / r);
+        for (x, which) in a
+            .iter()
+            .zip(std::iter::repeat("lora_a"))
+            .chain(b.iter().zip(std::iter::repeat("lora_b")))
+        {
+            if !x.is_finite() {
+                bail!(
+                    "{}: {name} ({which}) holds a non-finite value",
+                    self.file.display()
+                );
+            }
+        }
+        let bt = Tensor::from_slice(b, (out, r), &Device::Cpu)?;
+        let at = Tensor::from_slice(a, (r, inp), &Device::Cpu)?;
+        let d = (bt.matmul(&at)? * self.scale as f64)?;
+        Ok(d.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+fn names(layer: usize, t: Target) -> (String, String) {
+    let m = format!("model.layers.{layer}.{}", t.module());
+    (format!("{m}.lora_a"), format!("{m}.lora_b"))
+}
+
+/// `model.layers.{L}.{module}.lora_{a,b}` → (L, target, is_a).
+fn parse_name(name: &str) -> Option<(usize, Target, bool)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, leaf) = rest.rsplit_once('.')?;
+    let is_a = match leaf {
+        "lora_a" => true,
+        "lora_b" => false,
+        _ => return None,
+    };
+    let t = Target::ALL.into_iter().find(|t| t.module() == module)?;
+    Some((layer, t, is_a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names() {
+        assert_eq!(
+            parse_name("model.layers.3.mlp.experts.up_proj.lora_b"),
+            Some((3, Target::Up, false))
+        );
+        assert_eq!(
+            parse_name("model.layers.0.self_attn.q_proj.lora_a"),
+            Some((0, Target::Q, true))
+        );
+        assert_eq!(parse_name("model.layers.0.self_attn.q_proj.weight"), None);
+        assert_eq!(parse_name("model.layers.x.mlp.router.lora_a"), None);
+        assert_eq!(
+            parse_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            None
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! CPU fast path of the MoE: grouped (segment-wise) expert matmuls as single autograd ops.
+//!
+//! Tokens are gathered once in expert order (`xs [M, in]`, M = N·k); segment `(e, start,
+//! len)` rows go through expert `e`. One op per projection instead of a dozen per expert
+//! keeps the autograd graph (and its zero-fill + add per node in backward) small. Base
+//! weights are constants captured by the op; quantized experts are dequantized per expert
+//! inside the op, forward and backward, so nothing dense outlives the call.
+
+use crate::experts::ExpertMat;
+use crate::mxfp4;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// `(expert, first row, rows)`
+pub type Segments = Vec<(usize, usize, usize)>;
+
+fn threads(work: usize) -> gemm::Parallelism {
+    let n = candle_core::utils::get_num_threads();
+    if n > 1 && work > 1 << 16 {
+        gemm::Parallelism::Rayon(n)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// dst[m×n] (row-major, += if `acc`) = a[m×k] · b[k×n], with explicit (row, col) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rs(
+    dst: &mut [f32],
+    acc: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    beta: f32,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: callers pass slices that cover every (row, col) addressed by the strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            threads(m * n * k),
+        )
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("grouped op: expected contiguous f32"),
+    }
+}
+
+/// Runs `f` on expert `e`'s `[out, in]` f32 row-major weights.
+fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let (out, inp) = mat.out_in();
+    match mat {
+        ExpertMat::Dense(t) => {
+            let (st, l) = t.storage_and_layout();
+            match (&*st, l.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((a, _))) => {
+                    let off = a + e * out * inp;
+                    Ok(f(&v[off..off + out * inp]))
+                }
+                _ => candle_core::bail!("dense experts must be contiguous f32 on the CPU"),
+            }
+        }
+        ExpertMat::Mxfp4 { blocks, scales } => {
+            let g = inp / 32;
+            let (bs, bl) = blocks.storage_and_layout();
+            let (ss, sl) = scales.storage_and_layout();
+            match (&*bs, bl.contiguous_offsets(), &*ss, sl.contiguous_offsets()) {
+                (
+                    Storage::Cpu(CpuStorage::U8(b)),
+                    Some((b0, _)),
+                    Storage::Cpu(CpuStorage::U8(s)),
+                    Some((s0, _)),
+                ) => {
+                    let nb = out * g * 16;
+                    let ns = out * g;
+                    let mut w = vec![0f32; out * inp];
+                    mxfp4::dequantize_into(
+                        &b[b0 + e * nb..b0 + (e + 1) * nb],
+                        &s[s0 + e * ns..s0 + (e + 1) * ns],
+                        &mut w,
+                    );
+                    Ok(f(&w))
+                }
+                _ => candle_core::bail!("mxfp4 experts must be contiguous U8 on the CPU"),
+            }
+        }
+        ExpertMat::Affine { .. } => {
+            let w = mat
+                .expert(e, DType::F32, &candle_core::Device::Cpu)
+                .map_err(candle_core::Error::wrap)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(f(&w))
+        }
+    }
+}
+
+/// `ys[rows of segment e] = xs[rows] · W_eᵀ + b_e`.
+pub struct GroupedLinear {
+    pub mat: ExpertMat,
+    /// `[E, out]` f32
+    pub bias: Tensor,
+    pub segs: Segments,
+}
+
+impl CustomOp1 for GroupedLinear {
+    fn name(&self) -> &'static str {
+        "osstune-grouped-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (m, inp) = l.shape().dims2()?;
+        let (out, in2) = self.mat.out_in();
+        if inp != in2 {
+            candle_core::bail!("grouped linear: input {inp} vs expert input {in2}");
+        }
+        let bias = self.bias.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = vec![0f32; m * out];
+        for &(e, start, len) in &self.segs {
+            let d = &mut dst[start * out..(start + len) * out];
+            for row in d.chunks_mut(out) {
+                row.copy_from_slice(&bias[e * out..(e + 1) * out]);
+            }
+            let xr = &x[start * inp..(start + len) * inp];
+            // W_eᵀ as a [in, out] matrix: element (k, j) = W[j, k].
+            with_expert(&self.mat, e, |w| {
+                gemm_rs(d, true, (len, out, inp), xr, (inp, 1), w, (1, inp), 1.0)
+            })?;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((m, out))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let g = g.contiguous()?.to_dtype(DType::F32)?;
+        let gv = g.flatten_all()?.to_vec1::<f32>()?;
+        let (m, inp) = x.dims2()?;
+        let (out, _) = self.mat.out_in();
+        let mut dx = vec![0f32; m * inp];
+        for &(e, start, len) in &self.segs {
+            let d = &mut dx[start * inp..(start + len) * inp];
+            let gr = &gv[start * out..(start + len) * out];
+            // dx = g · W_e
+            with_expert(&self.mat, e, |w| {
+                gemm_rs(d, false, (len, inp, out), gr, (out, 1), w, (inp, 1), 1.0)
+            })?;
+        }
+        Ok(Some(Tensor::from_vec(dx, (m, inp), x.device())?))
+    }
+}
+
+/// `ys[rows of e] = scale · (xs[rows] · A_eᵀ) · B_eᵀ` with gradients for xs, A and B.
+pub struct GroupedLora {
+    pub segs: Segments,
+    pub scale: f32,
+}
+
+impl CustomOp3 for GroupedLora {
+    fn name(&self) -> &'static str {
+        "osstune-grouped-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let a = f32_slice(s2, l2)?;
+        let b = f32_slice(s3, l3)?;
+        let (m, inp) = l1.shape().dims2()?;
+        let (_, r, _) = l2.shape().dims3()?;
+        let (_, out, _) = l3.shape().dims3()?;
+        let mut dst = vec![0f32; m * out];
+        let mut t = Vec::new();
+        for &(e, start, len) in &self.segs {
+            t.clear();
+            t.resize(len * r, 0.0);
+            let xr = &x[start * inp..(start + len) * inp];
+            let ae = &a[e * r * inp..(e + 1) * r * inp];
+            let be = &b[e * out * r..(e + 1) * out * r];
+            gemm_rs(&mut t, false, (len, r, inp), xr, (inp, 1), ae, (1, inp), 1.0);
+            let d = &mut dst[start * out..(start + len) * out];
+            gemm_rs(d, false, (len, out, r), &t, (r, 1), be, (1, r), self.scale);
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((m, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, inp) = x.dims2()?;
+        let (ne, r, _) = a.dims3()?;
+        let (_, out, _) = b.dims3()?;
+        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let av = a.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let bv = b.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (mut dx, mut da, mut db) = (
+            vec![0f32; m * inp],
+            vec![0f32; ne * r * inp],
+            vec![0f32; ne * out * r],
+        );
+        let s = self.scale;
+        let (mut t, mut dt) = (Vec::new(), Vec::new());
+        for &(e, start, len) in &self.segs {
+            let xr = &xv[start * inp..(start + len) * inp];
+            let gr = &gv[start * out..(start + len) * out];
+            let ae = &av[e * r * inp..(e + 1) * r * inp];
+            let be = &bv[e * out * r..(e + 1) * out * r];
+            t.clear();
+            t.resize(len * r, 0.0);
+            dt.clear();
+            dt.resize(len * r, 0.0);
+            // t = x Aᵀ ; dB += s · gᵀ t ; dt = s · g B ; dA += dtᵀ x ; dx = dt A
+            gemm_rs(&mut t, false, (len, r, inp), xr, (inp, 1), ae, (1, inp), 1.0);
+            let dbe = &mut db[e * out * r..(e + 1) * out * r];
+            gemm_rs(dbe, true, (out, r, len), gr, (1, out), &t, (r, 1), s);
+            gemm_rs(&mut dt, false, (len, r, out), gr, (out, 1), be, (r, 1), s);
+            let dae = &mut da[e * r * inp..(e + 1) * r * inp];
+            gemm_rs(dae, true, (r, inp, len), &dt, (1, r), xr, (inp, 1), 1.0);
+            let dxr = &mut dx[start * inp..(start + len) * inp];
+            gemm_rs(dxr, false, (len, inp, r), &dt, (r, 1), ae, (inp, 1), 1.0);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (m, inp), dev)?),
+            Some(Tensor::from_vec(da, a.dims(), dev)?),
+            Some(Tensor::from_vec(db, b.dims(), dev)?),
+        ))
+    }
+}

@@ -1,0 +1,27 @@
+//! gpt-oss in candle: config, layers, checkpoint loading (HF dense / MXFP4, MLX), LoRA
+//! attachment points, KV-cached generation.
+//!
+//! Module owners while the workspace is being built: everything here belongs to the model
+//! issue except `sampling` and `generation` (the generate CLI work).
+
+pub mod attention;
+pub mod checkpoint;
+pub mod config;
+pub mod experts;
+pub mod generation;
+pub mod grouped;
+pub mod linear;
+pub mod load;
+pub mod lora;
+pub mod model;
+pub mod moe;
+pub mod mxfp4;
+pub mod ops;
+pub mod quant;
+pub mod rope;
+pub mod sampling;
+pub mod tiny;
+
+pub use config::Config;
+pub use lora::{LoraAdapter, LoraLinear, LoraTarget, SwitchLora};
+pub use model::{Cache, GptOss};

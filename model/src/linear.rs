@@ -1,0 +1,43 @@
+//! A dense projection `y = x Wᵀ + b` with an optional LoRA delta.
+
+use crate::lora::LoraLinear;
+use anyhow::Result;
+use candle_core::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Tensor,
+    /// `[out]`
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraLinear>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    pub fn out_in(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[0], d[1])
+    }
+
+    /// `x [..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, inp) = self.out_in();
+        let mut shape = x.dims().to_vec();
+        let x2 = x.reshape(((), inp))?;
+        let mut y = crate::ops::linear(&x2, &self.weight, self.bias.as_ref())?;
+        if let Some(l) = &self.lora {
+            y = (y + l.delta(&x2)?)?;
+        }
+        let last = shape.len() - 1;
+        shape[last] = out;
+        Ok(y.reshape(shape)?)
+    }
+}

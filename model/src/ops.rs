@@ -1,0 +1,459 @@
+//! Differentiable fused ops for the hot path.
+//!
+//! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass, and the
+//! trainer back-propagates through every layer to reach the LoRA weights. These are the same
+//! ops with a CPU f32 kernel and a backward written in candle ops; any other device or dtype
+//! falls back to a composition of candle ops (differentiable, device-generic).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+type CResult<T> = candle_core::Result<T>;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+fn fast_path(xs: &[&Tensor]) -> bool {
+    xs.iter()
+        .all(|x| x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous())
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax over the last axis
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "osstune-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l, "softmax")?;
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(n)
+            .zip(src.par_chunks(n))
+            .for_each(|(d, s)| {
+                let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0f32;
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = (v - m).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                d.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        // dx = y ⊙ (g − Σ g⊙y)
+        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((res * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
+    if fast_path(&[x]) {
+        x.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm, f32 math
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "osstune-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "rms_norm")?;
+        let w = contiguous_f32(s2, l2, "rms_norm weight")?;
+        let n = w.len();
+        let eps = self.eps;
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(d, s)| {
+                let ms = s.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + eps).sqrt();
+                for ((o, &v), &wv) in d.iter_mut().zip(s).zip(w) {
+                    *o = v * r * wv;
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        // y = x·r·w, r = (mean x² + eps)^-½  ⇒  dx = r·gw − x·r³·mean(gw⊙x)
+        let gw = g.broadcast_mul(w)?;
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+        let r3 = r.powf(3.0)?;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r3 * dot)?)?)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// RMSNorm computed in f32 and cast back to `x`'s dtype (spec §1.3).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    if fast_path(&[x, w]) {
+        return x.apply_op2(w, RmsNorm { eps: eps as f32 });
+    }
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xf.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    y.broadcast_mul(&w.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+// ---------------------------------------------------------------------------------------------
+// half-split ("NeoX") rotary embedding on [B, H, T, D] with cos/sin [T, D/2]
+
+struct Rope;
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "osstune-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "rope")?;
+        let cos = contiguous_f32(s2, l2, "rope cos")?;
+        let sin = contiguous_f32(s3, l3, "rope sin")?;
+        let dims = l1.dims();
+        let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let h = d / 2;
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .for_each(|(o, s)| {
+                for i in 0..t {
+                    let (c, sn) = (&cos[i * h..(i + 1) * h], &sin[i * h..(i + 1) * h]);
+                    let row = &s[i * d..(i + 1) * d];
+                    let out = &mut o[i * d..(i + 1) * d];
+                    for k in 0..h {
+                        let (x1, x2) = (row[k], row[k + h]);
+                        out[k] = x1 * c[k] - x2 * sn[k];
+                        out[k + h] = x2 * c[k] + x1 * sn[k];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The rotation is orthogonal: its transpose is the rotation by −θ.
+        let gx = rope(&g.contiguous()?, cos, &sin.neg()?)?;
+        Ok((Some(gx), None, None))
+    }
+}
+
+/// Applies the rotation to `x [B, H, T, D]` with `cos`, `sin` `[T, D/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let x = x.contiguous()?;
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    if fast_path(&[&x, &cos, &sin]) {
+        return x.apply_op3(&cos, &sin, Rope);
+    }
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let (c, s) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    let o1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+    let o2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
+    Tensor::cat(&[o1, o2], D::Minus1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax with one learned "sink" logit per head (spec §1.4)
+
+struct SinkSoftmax;
+
+impl CustomOp2 for SinkSoftmax {
+    fn name(&self) -> &'static str {
+        "osstune-sink-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "sink softmax")?;
+        let sinks = contiguous_f32(s2, l2, "sinks")?;
+        let dims = l1.dims();
+        let (h, t, n) = (dims[1], dims[2], dims[3]);
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(t * n)
+            .zip(x.par_chunks(t * n))
+            .enumerate()
+            .for_each(|(bh, (d, s))| {
+                let sink = sinks[bh % h];
+                for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
+                    let m = sr.iter().fold(sink, |a, &b| a.max(b));
+                    let mut sum = (sink - m).exp();
+                    for (o, &v) in dr.iter_mut().zip(sr) {
+                        *o = (v - m).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    dr.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _sinks: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        // The dropped sink column receives no gradient, so this is the softmax backward over
+        // the kept columns. Sinks are base weights (constants): no gradient for them.
+        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
+        Ok((Some((res * g.broadcast_sub(&dot)?)?), None))
+    }
+}
+
+/// `scores [B, H, T, Tk]` (already masked with −inf), `sinks [H]` → probabilities over the
+/// keys, softmax taken with the sink as an extra column which is then dropped.
+pub fn sink_softmax(scores: &Tensor, sinks: &Tensor) -> CResult<Tensor> {
+    let scores = scores.contiguous()?;
+    if fast_path(&[&scores, sinks]) {
+        return scores.apply_op2(sinks, SinkSoftmax);
+    }
+    let (b, h, t, n) = scores.dims4()?;
+    let dtype = scores.dtype();
+    let s = scores.to_dtype(DType::F32)?;
+    let col = sinks
+        .to_dtype(DType::F32)?
+        .reshape((1, h, 1, 1))?
+        .broadcast_as((b, h, t, 1))?
+        .contiguous()?;
+    let all = Tensor::cat(&[&s, &col], D::Minus1)?;
+    let p = candle_nn::ops::softmax(&all, D::Minus1)?;
+    p.narrow(D::Minus1, 0, n)?.contiguous()?.to_dtype(dtype)
+}
+
+// ---------------------------------------------------------------------------------------------
+// y = x Wᵀ + b with a constant W
+
+struct LinearConst;
+
+impl CustomOp3 for LinearConst {
+    fn name(&self) -> &'static str {
+        "osstune-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, w, b) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => (x, w, b),
+            _ => candle_core::bail!("linear: expected f32"),
+        };
+        let (n, k) = l1.shape().dims2()?;
+        let (m, k2) = l2.shape().dims2()?;
+        if k != k2 || l3.shape().dims1()? != m {
+            candle_core::bail!("linear: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let b = match l3.contiguous_offsets() {
+            Some((a, e)) => &b[a..e],
+            None => candle_core::bail!("linear: bias must be contiguous"),
+        };
+        let (xs, ws) = (l1.stride(), l2.stride());
+        let mut dst = Vec::with_capacity(n * m);
+        for _ in 0..n {
+            dst.extend_from_slice(b);
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let par = if threads > 1 && n * m * k > 1 << 16 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: pointers and strides describe the tensors' own buffers (candle layouts);
+        // dst is a fresh contiguous n×m buffer.
+        unsafe {
+            gemm::gemm(
+                n,
+                m,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                m as isize,
+                true,
+                x[l1.start_offset()..].as_ptr(),
+                xs[1] as isize,
+                xs[0] as isize,
+                w[l2.start_offset()..].as_ptr(),
+                ws[0] as isize,
+                ws[1] as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        };
+        Ok((CpuStorage::F32(dst), Shape::from((n, m))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Base weights are constants: only the input gets a gradient (candle's matmul would
+        // also form the full weight gradient, as expensive as the forward).
+        Ok((Some(g.matmul(w)?), None, None))
+    }
+}
+
+/// `x [n, in] · wᵀ + b` for a constant `w [out, in]` (no gradient to `w` or `b`).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+    let ok = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    if ok && b.is_none_or(|b| b.dtype() == DType::F32) {
+        let zeros;
+        let b = match b {
+            Some(b) => b,
+            None => {
+                zeros = Tensor::zeros(w.dim(0)?, DType::F32, w.device())?;
+                &zeros
+            }
+        };
+        return x.apply_op3(w, b, LinearConst);
+    }
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gpt-oss clamped SwiGLU on u = [gate | up] (spec §1.6)
+
+struct SwiGlu {
+    limit: f32,
+    alpha: f32,
+}
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "osstune-swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let u = contiguous_f32(s, l, "swiglu")?;
+        let (n, two_i) = l.shape().dims2()?;
+        let i = two_i / 2;
+        let (lim, alpha) = (self.limit, self.alpha);
+        let mut dst = vec![0f32; n * i];
+        dst.par_chunks_mut(i).zip(u.par_chunks(two_i)).for_each(|(d, r)| {
+            let (g, up) = r.split_at(i);
+            for ((o, &gv), &uv) in d.iter_mut().zip(g).zip(up) {
+                let gv = gv.min(lim);
+                let uv = uv.clamp(-lim, lim);
+                let sig = 1.0 / (1.0 + (-alpha * gv).exp());
+                *o = gv * sig * (uv + 1.0);
+            }
+        });
+        Ok((CpuStorage::F32(dst), Shape::from((n, i))))
+    }
+
+    fn bwd(&self, u: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let i = u.dim(1)? / 2;
+        let gate = u.narrow(1, 0, i)?;
+        let up = u.narrow(1, i, i)?;
+        let gc = gate.minimum(self.limit as f64)?;
+        let uc = up.clamp(-self.limit as f64, self.limit as f64)?;
+        let sig = candle_nn::ops::sigmoid(&(&gc * self.alpha as f64)?)?;
+        let glu = (&gc * &sig)?;
+        // d glu/d gate = σ + α·g·σ(1−σ), zero where the cap is active.
+        let one_m = sig.affine(-1.0, 1.0)?;
+        let dglu = (&sig + ((&gc * &sig)? * &one_m)?.affine(self.alpha as f64, 0.0)?)?;
+        let gate_live = gate.le(self.limit as f64)?.to_dtype(u.dtype())?;
+        let up_live = (up.ge(-self.limit as f64)?.to_dtype(u.dtype())?
+            * up.le(self.limit as f64)?.to_dtype(u.dtype())?)?;
+        let dgate = (((g * (uc + 1.0)?)? * dglu)? * gate_live)?;
+        let dup = ((g * glu)? * up_live)?;
+        Ok(Some(Tensor::cat(&[dgate, dup], 1)?))
+    }
+}
+
+/// `u [n, 2I]` = gate columns then up columns → `min(g, L)·σ(α·min(g, L))·(clamp(u, ±L) + 1)`.
+pub fn swiglu(u: &Tensor, limit: f64, alpha: f64) -> CResult<Tensor> {
+    let u = u.contiguous()?;
+    if fast_path(&[&u]) {
+        return u.apply_op1(SwiGlu {
+            limit: limit as f32,
+            alpha: alpha as f32,
+        });
+    }
+    let i = u.dim(1)? / 2;
+    let gate = u.narrow(1, 0, i)?.minimum(limit)?;
+    let up = u.narrow(1, i, i)?.clamp(-limit, limit)?;
+    let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * alpha)?)?)?;
+    glu * (up + 1.0)?
+}

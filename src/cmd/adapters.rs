@@ -1,0 +1,119 @@
+//! `osstune adapters export|import`: osstune adapters ↔ PEFT / mlx-lm files.
+
+use anyhow::{Context, Result};
+use osstune_train::export::{self, Format};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum AdaptersCommand {
+    /// Write an osstune adapter in PEFT (transformers) or mlx-lm format.
+    Export {
+        /// osstune adapter folder (adapters.safetensors + adapter_config.json).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// peft | mlx
+        #[arg(long)]
+        format: Format,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read a PEFT or mlx-lm adapter back into osstune's format for a base model.
+    Import {
+        /// PEFT (adapter_model.safetensors) or mlx-lm (adapters.safetensors) folder.
+        #[arg(long)]
+        from: PathBuf,
+        /// peft | mlx
+        #[arg(long)]
+        format: Format,
+        /// The base model the adapter belongs to (its fingerprint goes into the config).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the logits of base + adapter for a token sequence (f32 safetensors, tensor
+    /// "logits" [T, V]), for checking exports against other frameworks.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        /// osstune adapter folder; omit for the base model alone.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<u32>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(c: AdaptersCommand) -> Result<()> {
+    match c {
+        AdaptersCommand::Export {
+            adapter,
+            format,
+            out,
+        } => {
+            export::export(&adapter, &out, format)?;
+            eprintln!("wrote {} adapter to {}", fmt_name(format), out.display());
+        }
+        AdaptersCommand::Import {
+            from,
+            format,
+            model,
+            out,
+        } => {
+            let cfg = osstune_model::Config::from_model_dir(&model)
+                .with_context(|| format!("reading base model {}", model.display()))?;
+            let base = osstune_train::adapters::BaseModelInfo {
+                model_type: cfg.model_type.clone(),
+                fingerprint: cfg.fingerprint(),
+                num_hidden_layers: cfg.num_hidden_layers,
+                hidden_size: cfg.hidden_size,
+                num_local_experts: cfg.num_local_experts,
+            };
+            export::import(&from, &out, format, &base)?;
+            eprintln!("wrote osstune adapter to {}", out.display());
+        }
+        AdaptersCommand::Logits {
+            model,
+            adapter,
+            ids,
+            out,
+        } => logits(&model, adapter.as_deref(), &ids, &out)?,
+    }
+    Ok(())
+}
+
+fn fmt_name(f: Format) -> &'static str {
+    match f {
+        Format::Peft => "PEFT",
+        Format::Mlx => "mlx-lm",
+    }
+}
+
+fn logits(
+    model_dir: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    ids: &[u32],
+    out: &std::path::Path,
+) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use osstune_train::adapters::{safetensors_bytes, Adapters};
+    use osstune_train::trainer::{attach, base_info, target_shapes};
+    if ids.is_empty() {
+        anyhow::bail!("--ids is empty");
+    }
+    let dev = Device::Cpu;
+    let mut model = osstune_model::GptOss::load(model_dir, &dev, DType::F32)?;
+    if let Some(a) = adapter {
+        let ad = Adapters::load(a, &target_shapes(&model), &base_info(&model), &dev)?;
+        attach(&mut model, &ad)?;
+    }
+    let x = Tensor::new(ids, &dev)?.unsqueeze(0)?;
+    let h = model.forward_hidden(&x)?;
+    let l = model.logits(&h)?.squeeze(0)?.to_dtype(DType::F32)?;
+    std::fs::write(out, safetensors_bytes(&[("logits".to_string(), l)])?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

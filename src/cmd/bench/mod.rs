@@ -1,0 +1,31 @@
+//! `osstune bench …`: benchmarks of release builds. One file per thing measured.
+
+mod data;
+mod forward;
+mod merge;
+mod optim;
+mod train;
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Prefill and decode tokens/s of the model (bench preset by default).
+    Forward(forward::Args),
+    /// LoRA training tokens/s and peak RSS (bench preset, batch 2 × 512).
+    Train(train::Args),
+    /// One Muon / AdamW step on a realistic LoRA parameter set.
+    Optim(optim::Args),
+    /// Session-log conversion throughput.
+    Data(data::Args),
+    /// Merge time and peak memory.
+    Merge(merge::Args),
+}
+
+pub fn run(c: BenchCommand) -> anyhow::Result<()> {
+    match c {
+        BenchCommand::Forward(a) => forward::run(a),
+        BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Optim(a) => optim::run(a),
+        BenchCommand::Data(a) => data::run(a),
+        BenchCommand::Merge(a) => merge::run(a),
+    }
+}

@@ -1,0 +1,9 @@
+pub mod adapters;
+pub mod bench;
+pub mod chat;
+pub mod data;
+pub mod demo;
+pub mod generate;
+pub mod init_tiny;
+pub mod merge;
+pub mod train;

@@ -1,0 +1,67 @@
+//! `osstune`: fine-tune gpt-oss with LoRA and Muon. One subcommand per pipeline stage;
+//! each lives in `src/cmd/<name>.rs` and calls into the crate that does the work.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "osstune", version, about = "Fine-tune gpt-oss (MoE) with LoRA and Muon — no Python")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on the embedded default (tiny model, bundled sessions).
+    Demo(cmd::demo::Args),
+    /// Write a seeded random gpt-oss-shaped checkpoint (Hugging Face layout).
+    InitTiny(cmd::init_tiny::Args),
+    /// Convert coding-agent session logs to Harmony training samples, or inspect them.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+    /// Train LoRA adapters (Muon + AdamW) on converted samples.
+    Train(cmd::train::Args),
+    /// Export or import adapters in PEFT / mlx-lm formats.
+    #[command(subcommand)]
+    Adapters(cmd::adapters::AdaptersCommand),
+    /// Fold adapters into a full checkpoint.
+    Merge(cmd::merge::Args),
+    /// Generate text from a prompt.
+    Generate(cmd::generate::Args),
+    /// Interactive multi-turn chat.
+    Chat(cmd::chat::Args),
+    /// Benchmarks (release builds): forward, train, optim, data, merge.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::InitTiny(a) => cmd::init_tiny::run(a),
+        Command::Data(c) => cmd::data::run(c),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Adapters(c) => cmd::adapters::run(c),
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+    }
+}
+
+/// Runs one subcommand from its argument list, exactly as the command line would (the demo
+/// drives the pipeline through this).
+pub(crate) fn run_args(args: &[String]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("osstune".to_string()).chain(args.iter().cloned()))?;
+    execute(cli.command)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = execute(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,14 @@
+//! osstune-train: LoRA adapters over gpt-oss, the Muon training loop, checkpoints with exact
+//! resume, and adapter import/export (PEFT, mlx-lm). One concept a file, as mlx-lm's `tuner/`.
+
+pub mod adapters;
+pub mod batches;
+pub mod checkpoint;
+pub mod config;
+pub mod export;
+pub mod metrics;
+pub mod rng;
+pub mod loss;
+pub mod recompute;
+pub mod trainer;
+pub mod plan;

@@ -1,0 +1,207 @@
+//! `osstune train --plan`: predicted peak memory of a run, without training.
+//!
+//! Terms (bytes):
+//! - weights: every tensor of the checkpoint at the compute dtype, except packed MXFP4 /
+//!   affine expert bytes, which stay packed (read from the safetensors headers);
+//! - LoRA: f32 factors; gradients: the step's accumulator plus one micro-batch's (2×);
+//!   optimizer: one Muon momentum buffer per factor (every LoRA factor is ≥ 2-D);
+//! - activations of one micro-batch (B × T tokens) kept for backward, per layer: the
+//!   projections, the full [Hq, T, T] attention scores/probabilities (the model materialises
+//!   them for every layer, sliding ones included), the MoE intermediates of the k routed
+//!   experts, and the LoRA intermediates; plus, with quantized experts, the dequantized
+//!   expert matrices the autograd graph holds until backward;
+//! - backward workspace: candle's backward also forms the gradient of every frozen matrix it
+//!   multiplied by (it has no "requires_grad=False"), so a dense copy of the used weights
+//!   exists at the end of backward — counted here, see the report to the model crate;
+//! - the loss chunk: B × loss_chunk × V logits and their softmax/gradient (~6 copies), and
+//!   the lm_head gradient candle forms per chunk.
+//! With `activation_checkpointing` only one layer's activations (and dequantized experts, and
+//! frozen-weight gradients) exist at a time, plus the L layer inputs.
+//!
+//! The constants were fitted once against measured peak RSS (`osstune bench train` prints
+//! both; tests/train.rs checks the prediction on the tiny configs); treat the total as ±30%.
+
+use crate::config::TrainConfig;
+use anyhow::{Context, Result};
+use osstune_model::Config;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub weights: u64,
+    pub lora: u64,
+    pub grads: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+    pub backward: u64,
+    pub loss_chunk: u64,
+    pub runtime: u64,
+    pub trainable_params: u64,
+    pub checkpointing: bool,
+}
+
+impl Plan {
+    pub fn total(&self) -> u64 {
+        self.weights
+            + self.lora
+            + self.grads
+            + self.optimizer
+            + self.activations
+            + self.backward
+            + self.loss_chunk
+            + self.runtime
+    }
+
+    pub fn render(&self) -> String {
+        let g = |b: u64| format!("{:>10.1} MiB", b as f64 / (1u64 << 20) as f64);
+        let mut s = String::new();
+        s.push_str(&format!("weights                {}\n", g(self.weights)));
+        s.push_str(&format!(
+            "LoRA ({} params)  {}\n",
+            self.trainable_params,
+            g(self.lora)
+        ));
+        s.push_str(&format!("gradients              {}\n", g(self.grads)));
+        s.push_str(&format!("optimizer state        {}\n", g(self.optimizer)));
+        s.push_str(&format!(
+            "activations{}  {}\n",
+            if self.checkpointing { " (ckpt)    " } else { "           " },
+            g(self.activations)
+        ));
+        s.push_str(&format!("backward workspace     {}\n", g(self.backward)));
+        s.push_str(&format!("loss chunk             {}\n", g(self.loss_chunk)));
+        s.push_str(&format!("runtime                {}\n", g(self.runtime)));
+        s.push_str(&format!("predicted peak         {}\n", g(self.total())));
+        s
+    }
+}
+
+/// Bytes of the checkpoint's tensors when loaded at `elem` bytes per float element.
+fn weight_bytes(dir: &Path, elem: u64) -> Result<(u64, u64)> {
+    let mut total = 0u64;
+    let mut packed = 0u64;
+    let rd = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in rd {
+        let p = e?.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("safetensors") {
+            continue;
+        }
+        let mut f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        let mut len = [0u8; 8];
+        std::io::Read::read_exact(&mut f, &mut len)
+            .with_context(|| format!("{}: no safetensors header", p.display()))?;
+        let n = u64::from_le_bytes(len) as usize;
+        if n > 100 << 20 {
+            anyhow::bail!("{}: implausible safetensors header size {n}", p.display());
+        }
+        let mut hdr = vec![0u8; n];
+        std::io::Read::read_exact(&mut f, &mut hdr)
+            .with_context(|| format!("{}: truncated header", p.display()))?;
+        let j: serde_json::Value = serde_json::from_slice(&hdr)
+            .with_context(|| format!("{}: header is not JSON", p.display()))?;
+        let Some(obj) = j.as_object() else { continue };
+        for (name, t) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            let numel: u64 = t["shape"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).product())
+                .unwrap_or(0);
+            match t["dtype"].as_str() {
+                Some("U8") | Some("U32") | Some("I8") => {
+                    let sz = if t["dtype"] == "U32" { 4 } else { 1 };
+                    total += numel * sz;
+                    packed += numel * sz;
+                }
+                _ => total += numel * elem,
+            }
+        }
+    }
+    Ok((total, packed))
+}
+
+/// Predicts the peak memory of training `cfg` on the model in `model_dir`.
+pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
+    let mc = Config::from_model_dir(model_dir)?;
+    let elem: u64 = if cfg.model.dtype == "f32" { 4 } else { 2 };
+    let (weights, packed) = weight_bytes(model_dir, elem)?;
+    let quantized = packed > 0;
+    let (h, i, e, k) = (
+        mc.hidden_size as u64,
+        mc.intermediate_size as u64,
+        mc.num_local_experts as u64,
+        mc.num_experts_per_tok as u64,
+    );
+    let (hq, hkv, d) = (
+        mc.num_attention_heads as u64,
+        mc.num_key_value_heads as u64,
+        mc.head_dim as u64,
+    );
+    let v = mc.vocab_size as u64;
+    let n_layers = mc.num_hidden_layers as u64;
+    let r = cfg.lora.rank as u64;
+    let adapted = if cfg.lora.layers == 0 {
+        n_layers
+    } else {
+        (cfg.lora.layers as u64).min(n_layers)
+    };
+    let has = |t: &str| cfg.lora.targets.iter().any(|x| x == t) as u64;
+    let per_layer_lora = has("q_proj") * r * (h + hq * d)
+        + has("k_proj") * r * (h + hkv * d)
+        + has("v_proj") * r * (h + hkv * d)
+        + has("o_proj") * r * (hq * d + h)
+        + has("router") * r * (h + e)
+        + (has("gate_proj") + has("up_proj")) * e * r * (h + i)
+        + has("down_proj") * e * r * (i + h);
+    let trainable = per_layer_lora * adapted;
+    let lora = trainable * 4;
+    let grads = 2 * lora;
+    let optimizer = lora;
+
+    let b = cfg.train.micro_batch as u64;
+    let t = cfg.data.max_seq_len as u64;
+    let tokens = b * t;
+    let n_targets = cfg.lora.targets.len() as u64;
+    // Floats kept per token per layer (see the module docs for what they are).
+    let per_token = 8 * h + 4 * (hq + 2 * hkv) * d + 3 * hq * t + k * (3 * h + 10 * i) + 3 * e
+        + 4 * r * n_targets;
+    let layer_act = tokens * per_token * elem;
+    // Experts a micro-batch touches: at most E per layer (all of them once B·T·k ≥ E).
+    let used = e.min(tokens * k);
+    let dense_expert_layer = used * 3 * i * h * elem;
+    let deq_layer = if quantized { dense_expert_layer } else { 0 };
+    let attn_w = (2 * hq * d * h + 2 * hkv * d * h + e * h) * elem;
+    let frozen_grad_layer = dense_expert_layer + attn_w;
+    let checkpointing = cfg.train.activation_checkpointing;
+    let (activations, backward) = if checkpointing {
+        (
+            n_layers * tokens * h * elem + layer_act + deq_layer,
+            frozen_grad_layer,
+        )
+    } else {
+        (n_layers * (layer_act + deq_layer), n_layers * frozen_grad_layer)
+    };
+    let chunk = b * (cfg.train.loss_chunk as u64).min(t);
+    let loss_chunk = chunk * v * 4 * 6 + v * h * 4;
+    Ok(Plan {
+        weights,
+        lora,
+        grads,
+        optimizer,
+        activations,
+        backward,
+        loss_chunk,
+        runtime: 48 << 20,
+        trainable_params: trainable,
+        checkpointing,
+    })
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
