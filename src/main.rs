@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "osstune", version, about = "Fine-tune gpt-oss (MoE) with LoRA and Muon — no Python")]
+#[command(
+    name = "osstune",
+    version,
+    about = "Fine-tune gpt-oss (MoE) with LoRA and Muon — no Python"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
 /// Runs one subcommand from its argument list, exactly as the command line would (the demo
 /// drives the pipeline through this).
 pub(crate) fn run_args(args: &[String]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(std::iter::once("osstune".to_string()).chain(args.iter().cloned()))?;
+    let cli =
+        Cli::try_parse_from(std::iter::once("osstune".to_string()).chain(args.iter().cloned()))?;
     execute(cli.command)
 }
 

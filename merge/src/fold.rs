@@ -147,11 +147,19 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport> {
             // NaN logits fail too.
             if r.max_diff.is_nan() || r.max_diff > tol {
                 bail!(
-                    "--verify: merged logits differ from base + adapter by up to {:.3e} \
-                     (tolerance {tol:.3e}; the adapter itself moves logits by {:.3e}); \
-                     nothing was written",
+                    "--verify: merged logits differ from base + adapter by up to {:.3e}, \
+                     {:.3e} on average (tolerance {tol:.3e}; the adapter itself moves logits by \
+                     {:.3e}); nothing was written. Rounding the merged weights to {} can flip \
+                     top-k expert choices on some tokens: check the fold itself with \
+                     --dtype f32 --format hf, or accept it with a larger --verify-tol",
                     r.max_diff,
-                    r.adapter_effect
+                    r.mean_diff,
+                    r.adapter_effect,
+                    if opts.format.is_mxfp4() {
+                        "MXFP4"
+                    } else {
+                        opts.dtype.name()
+                    }
                 );
             }
             Some((r, tol))

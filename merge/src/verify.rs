@@ -13,6 +13,9 @@ use std::path::Path;
 pub struct Verify {
     /// max |logit(merged) − logit(base + adapter)|
     pub max_diff: f32,
+    /// mean |logit(merged) − logit(base + adapter)|: small next to `max_diff` means a few
+    /// positions moved (an expert-routing flip), not the whole distribution.
+    pub mean_diff: f32,
     /// max |logit(base + adapter) − logit(base)|: how much the adapter matters at all.
     pub adapter_effect: f32,
     /// max |logit(base + adapter)|
@@ -63,6 +66,7 @@ pub fn verify(base: &Path, adapter: &Path, merged: &Path, len: usize) -> Result<
     let got = logits(&merged_model, &ids)?;
     Ok(Verify {
         max_diff: max_abs(&got, Some(&reference))?,
+        mean_diff: (&got - &reference)?.abs()?.mean_all()?.to_scalar::<f32>()?,
         adapter_effect: max_abs(&reference, Some(&plain))?,
         max_logit: max_abs(&reference, None)?,
     })

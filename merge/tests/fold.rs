@@ -84,7 +84,11 @@ fn delta(ad: &Tensors, module: &str, e: Option<usize>, scale: f32) -> (Vec<f32>,
 fn fp4(blocks: &[u8], scales: &[u8], inp: usize, row: usize, col: usize) -> f32 {
     let g = inp / 32;
     let byte = blocks[row * g * 16 + (col / 32) * 16 + (col % 32) / 2];
-    let nib = if col.is_multiple_of(2) { byte & 15 } else { byte >> 4 };
+    let nib = if col.is_multiple_of(2) {
+        byte & 15
+    } else {
+        byte >> 4
+    };
     FP4_VALUES[nib as usize] * 2f32.powi(scales[row * g + col / 32] as i32 - 127)
 }
 

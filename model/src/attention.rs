@@ -2,9 +2,10 @@
 //! causal mask with an optional sliding window of W keys including the query itself.
 
 use crate::linear::Linear;
+use crate::masked_softmax::{masked_sink_softmax, CausalMask};
 use crate::ops;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -36,36 +37,6 @@ impl LayerCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// `[T, Tk]` additive mask: 0 where key position `j` is visible from query position `i`,
-/// −inf elsewhere. Queries are positions `q0..q0+T`, keys `k0..k0+Tk`.
-fn mask(
-    q0: usize,
-    t: usize,
-    k0: usize,
-    tk: usize,
-    window: Option<usize>,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Option<Tensor>> {
-    let mut any = false;
-    let mut m = vec![0f32; t * tk];
-    for i in 0..t {
-        let qi = q0 + i;
-        for j in 0..tk {
-            let kj = k0 + j;
-            let hidden = kj > qi || window.is_some_and(|w| kj + w <= qi);
-            if hidden {
-                m[i * tk + j] = f32::NEG_INFINITY;
-                any = true;
-            }
-        }
-    }
-    if !any {
-        return Ok(None);
-    }
-    Ok(Some(Tensor::from_vec(m, (t, tk), dev)?.to_dtype(dtype)?))
 }
 
 impl Attention {
@@ -123,12 +94,13 @@ impl Attention {
         let scale = 1.0 / (d as f64).sqrt();
         let qg = (q * scale)?.reshape((b, hkv, rep * t, d))?;
         let scores = qg.matmul(&k.t()?)?.reshape((b, hq, t, tk))?;
-        let scores = match mask(offset, t, k0, tk, self.window, dtype, x.device())? {
-            Some(m) => scores.broadcast_add(&m)?,
-            None => scores,
-        };
         let sinks = self.sinks.to_dtype(dtype)?;
-        let probs = ops::sink_softmax(&scores, &sinks)?;
+        let mask = CausalMask {
+            q0: offset,
+            k0,
+            window: self.window,
+        };
+        let probs = masked_sink_softmax(&scores, &sinks, mask)?;
         let out = probs
             .reshape((b, hkv, rep * t, tk))?
             .matmul(&v)?

@@ -132,7 +132,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads % self.num_key_value_heads.max(1) != 0
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads.max(1))
             || self.num_key_value_heads == 0
         {
             bail!(
@@ -141,7 +141,7 @@ impl Config {
                 self.num_key_value_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} must be even", self.head_dim);
         }
         if self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_local_experts {
@@ -201,7 +201,7 @@ impl Config {
     pub fn is_sliding(&self, l: usize) -> bool {
         match &self.layer_types {
             Some(lt) => lt.get(l).is_some_and(|t| t == "sliding_attention"),
-            None => l % 2 == 0,
+            None => l.is_multiple_of(2),
         }
     }
 

@@ -8,9 +8,7 @@
 
 use crate::experts::ExpertMat;
 use crate::mxfp4;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -18,7 +16,7 @@ type CResult<T> = candle_core::Result<T>;
 pub type Segments = Vec<(usize, usize, usize)>;
 
 fn threads(work: usize) -> gemm::Parallelism {
-    let n = candle_core::utils::get_num_threads();
+    let n = crate::ops::num_threads();
     if n > 1 && work > 1 << 16 {
         gemm::Parallelism::Rayon(n)
     } else {
@@ -26,10 +24,27 @@ fn threads(work: usize) -> gemm::Parallelism {
     }
 }
 
-/// dst[m×n] (row-major, += if `acc`) = a[m×k] · b[k×n], with explicit (row, col) strides.
+/// dst[m×n] (row-major, += if `acc`) = beta · a[m×k] · b[k×n], with explicit (row, col)
+/// strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rs(
+pub(crate) fn gemm_rs(
     dst: &mut [f32],
+    acc: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    beta: f32,
+) {
+    gemm_ld(dst, n, acc, (m, n, k), a, a_strides, b, b_strides, beta)
+}
+
+/// `gemm_rs` into a column block of a wider row-major matrix: dst rows are `dst_rs` apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_ld(
+    dst: &mut [f32],
+    dst_rs: usize,
     acc: bool,
     (m, n, k): (usize, usize, usize),
     a: &[f32],
@@ -38,8 +53,12 @@ fn gemm_rs(
     (b_rs, b_cs): (usize, usize),
     beta: f32,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: callers pass slices that cover every (row, col) addressed by the strides.
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
+    // SAFETY: callers pass slices that cover every (row, col) addressed by the strides; the
+    // dst extent is checked above.
     unsafe {
         gemm::gemm(
             m,
@@ -47,7 +66,7 @@ fn gemm_rs(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             a.as_ptr(),
             a_cs as isize,
@@ -65,7 +84,7 @@ fn gemm_rs(
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("grouped op: expected contiguous f32"),
@@ -73,7 +92,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
 }
 
 /// Runs `f` on expert `e`'s `[out, in]` f32 row-major weights.
-fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+pub(crate) fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     let (out, inp) = mat.out_in();
     match mat {
         ExpertMat::Dense(t) => {
@@ -209,7 +228,16 @@ impl CustomOp3 for GroupedLora {
             let xr = &x[start * inp..(start + len) * inp];
             let ae = &a[e * r * inp..(e + 1) * r * inp];
             let be = &b[e * out * r..(e + 1) * out * r];
-            gemm_rs(&mut t, false, (len, r, inp), xr, (inp, 1), ae, (1, inp), 1.0);
+            gemm_rs(
+                &mut t,
+                false,
+                (len, r, inp),
+                xr,
+                (inp, 1),
+                ae,
+                (1, inp),
+                1.0,
+            );
             let d = &mut dst[start * out..(start + len) * out];
             gemm_rs(d, false, (len, out, r), &t, (r, 1), be, (1, r), self.scale);
         }
@@ -248,7 +276,16 @@ impl CustomOp3 for GroupedLora {
             dt.clear();
             dt.resize(len * r, 0.0);
             // t = x Aᵀ ; dB += s · gᵀ t ; dt = s · g B ; dA += dtᵀ x ; dx = dt A
-            gemm_rs(&mut t, false, (len, r, inp), xr, (inp, 1), ae, (1, inp), 1.0);
+            gemm_rs(
+                &mut t,
+                false,
+                (len, r, inp),
+                xr,
+                (inp, 1),
+                ae,
+                (1, inp),
+                1.0,
+            );
             let dbe = &mut db[e * out * r..(e + 1) * out * r];
             gemm_rs(dbe, true, (out, r, len), gr, (1, out), &t, (r, 1), s);
             gemm_rs(&mut dt, false, (len, r, out), gr, (out, 1), be, (r, 1), s);

@@ -32,10 +32,24 @@ impl Linear {
         let (out, inp) = self.out_in();
         let mut shape = x.dims().to_vec();
         let x2 = x.reshape(((), inp))?;
-        let mut y = crate::ops::linear(&x2, &self.weight, self.bias.as_ref())?;
-        if let Some(l) = &self.lora {
-            y = (y + l.delta(&x2)?)?;
-        }
+        let fused = match &self.lora {
+            Some(l) => crate::fused_lora::try_lora_linear(
+                &x2,
+                &self.weight,
+                self.bias.as_ref(),
+                l.a.as_tensor(),
+                l.b.as_tensor(),
+                l.scale,
+            )?,
+            None => None,
+        };
+        let y = match (fused, &self.lora) {
+            (Some(y), _) => y,
+            (None, Some(l)) => {
+                (crate::ops::linear(&x2, &self.weight, self.bias.as_ref())? + l.delta(&x2)?)?
+            }
+            (None, None) => crate::ops::linear(&x2, &self.weight, self.bias.as_ref())?,
+        };
         let last = shape.len() - 1;
         shape[last] = out;
         Ok(y.reshape(shape)?)

@@ -9,7 +9,8 @@
 //! reach router and expert LoRA weights; the routing indices themselves carry no gradient.
 
 use crate::experts::ExpertMat;
-use crate::grouped::{GroupedLinear, GroupedLora};
+use crate::grouped::{GroupedLinear, GroupedLora, Segments};
+use crate::grouped_fused::{GroupedLinearLora, LoraPart};
 use crate::linear::Linear;
 use crate::lora::SwitchLora;
 use crate::ops;
@@ -123,36 +124,104 @@ impl Moe {
             };
             Ok(inp.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?)
         };
-        let mut u = xs.apply_op1(GroupedLinear {
-            mat: self.gate_up.clone(),
-            bias: self.gate_up_bias.to_dtype(DType::F32)?,
-            segs: segs.clone(),
-        })?;
-        if self.gate_lora.is_some() || self.up_lora.is_some() {
-            let zeros = || Tensor::zeros((m, inter), DType::F32, dev);
-            let dg = match &self.gate_lora {
-                Some(l) => lora(l, &xs)?,
-                None => zeros()?,
-            };
-            let du = match &self.up_lora {
-                Some(l) => lora(l, &xs)?,
-                None => zeros()?,
-            };
-            u = (u + Tensor::cat(&[dg, du], 1)?)?;
-        }
-        let act = ops::swiglu(&u, self.limit, self.alpha)?;
-        let mut y = act.apply_op1(GroupedLinear {
-            mat: self.down.clone(),
-            bias: self.down_bias.to_dtype(DType::F32)?,
-            segs: segs.clone(),
-        })?;
-        if let Some(l) = &self.down_lora {
-            y = (y + lora(l, &act)?)?;
-        }
+        let gate_up = [(&self.gate_lora, 0), (&self.up_lora, inter)];
+        let act = match self.fused_proj(&xs, &self.gate_up, &self.gate_up_bias, &segs, &gate_up)? {
+            Some(u) => ops::swiglu(&u, self.limit, self.alpha)?,
+            None => {
+                let mut u = xs.apply_op1(GroupedLinear {
+                    mat: self.gate_up.clone(),
+                    bias: self.gate_up_bias.to_dtype(DType::F32)?,
+                    segs: segs.clone(),
+                })?;
+                if self.gate_lora.is_some() || self.up_lora.is_some() {
+                    let zeros = || Tensor::zeros((m, inter), DType::F32, dev);
+                    let dg = match &self.gate_lora {
+                        Some(l) => lora(l, &xs)?,
+                        None => zeros()?,
+                    };
+                    let du = match &self.up_lora {
+                        Some(l) => lora(l, &xs)?,
+                        None => zeros()?,
+                    };
+                    u = (u + Tensor::cat(&[dg, du], 1)?)?;
+                }
+                ops::swiglu(&u, self.limit, self.alpha)?
+            }
+        };
+        let down = [(&self.down_lora, 0)];
+        let y = match self.fused_proj(&act, &self.down, &self.down_bias, &segs, &down)? {
+            Some(y) => y,
+            None => {
+                let mut y = act.apply_op1(GroupedLinear {
+                    mat: self.down.clone(),
+                    bias: self.down_bias.to_dtype(DType::F32)?,
+                    segs: segs.clone(),
+                })?;
+                if let Some(l) = &self.down_lora {
+                    y = (y + lora(l, &act)?)?;
+                }
+                y
+            }
+        };
         let w = weights.index_select(&slot_t, 0)?.unsqueeze(1)?;
         let y = y.broadcast_mul(&w)?;
         let zeros = Tensor::zeros((n, h), DType::F32, dev)?;
         Ok(zeros.index_add(&tok_t, &y, 0)?)
+    }
+
+    /// One `GroupedLinearLora` op for a projection and the adapters on its column blocks
+    /// (`(adapter, first output column)`); `None` when no adapter is attached or their ranks
+    /// differ (the caller then composes `GroupedLinear` and `GroupedLora`).
+    fn fused_proj(
+        &self,
+        x: &Tensor,
+        mat: &ExpertMat,
+        bias: &Tensor,
+        segs: &Segments,
+        adapters: &[(&Option<SwitchLora>, usize)],
+    ) -> Result<Option<Tensor>> {
+        let present: Vec<(&SwitchLora, usize)> = adapters
+            .iter()
+            .filter_map(|(l, col)| l.as_ref().map(|l| (l, *col)))
+            .collect();
+        let Some((first, _)) = present.first() else {
+            return Ok(None);
+        };
+        let rank = first.rank();
+        if present.iter().any(|(l, _)| l.rank() != rank) {
+            return Ok(None);
+        }
+        let (mut parts, mut a_list, mut b_list) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rank0, mut brow) = (0, 0);
+        for (l, col) in &present {
+            let len = l.out_dim();
+            parts.push(LoraPart {
+                col: *col,
+                len,
+                rank0,
+                brow,
+                scale: l.scale as f32,
+            });
+            rank0 += rank;
+            brow += len;
+            a_list.push(l.a.as_tensor());
+            b_list.push(l.b.as_tensor());
+        }
+        let cat = |ts: &[&Tensor]| -> Result<Tensor> {
+            Ok(match ts {
+                [t] => (*t).clone(),
+                _ => Tensor::cat(ts, 1)?,
+            })
+        };
+        let (a, b) = (cat(&a_list)?, cat(&b_list)?);
+        let op = GroupedLinearLora {
+            mat: mat.clone(),
+            bias: bias.to_dtype(DType::F32)?,
+            segs: segs.clone(),
+            parts,
+            rank,
+        };
+        Ok(Some(x.apply_op3(&a, &b, op)?))
     }
 
     pub fn num_experts(&self) -> usize {

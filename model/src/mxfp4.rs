@@ -128,7 +128,7 @@ fn e2m1_code(v: f32) -> u8 {
 /// Quantizes rows of `cols` values (cols a multiple of 32) with MLX's rule (spec §2.2):
 /// e = round(log2(amax/6)) clamped to [−127, 127]; returns (blocks, scales) bytes.
 pub fn quantize(w: &[f32], cols: usize) -> Result<(Vec<u8>, Vec<u8>)> {
-    if cols % 32 != 0 || w.len() % cols.max(1) != 0 {
+    if !cols.is_multiple_of(32) || !w.len().is_multiple_of(cols.max(1)) {
         bail!("mxfp4 quantize: row length {cols} must be a multiple of 32");
     }
     let groups = w.len() / 32;

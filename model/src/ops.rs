@@ -21,6 +21,13 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a 
     }
 }
 
+/// candle's thread count, read once: `get_num_threads` parses the environment (and, without
+/// `RAYON_NUM_THREADS`, /proc/cpuinfo) on every call, which showed up at ~3% of a step.
+pub(crate) fn num_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(candle_core::utils::get_num_threads)
+}
+
 fn fast_path(xs: &[&Tensor]) -> bool {
     xs.iter()
         .all(|x| x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous())
@@ -311,7 +318,12 @@ impl CustomOp3 for LinearConst {
         let (n, k) = l1.shape().dims2()?;
         let (m, k2) = l2.shape().dims2()?;
         if k != k2 || l3.shape().dims1()? != m {
-            candle_core::bail!("linear: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+            candle_core::bail!(
+                "linear: shapes {:?} {:?} {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
         }
         let b = match l3.contiguous_offsets() {
             Some((a, e)) => &b[a..e],
@@ -322,7 +334,7 @@ impl CustomOp3 for LinearConst {
         for _ in 0..n {
             dst.extend_from_slice(b);
         }
-        let threads = candle_core::utils::get_num_threads();
+        let threads = num_threads();
         let par = if threads > 1 && n * m * k > 1 << 16 {
             gemm::Parallelism::Rayon(threads)
         } else {
@@ -410,35 +422,52 @@ impl CustomOp1 for SwiGlu {
         let i = two_i / 2;
         let (lim, alpha) = (self.limit, self.alpha);
         let mut dst = vec![0f32; n * i];
-        dst.par_chunks_mut(i).zip(u.par_chunks(two_i)).for_each(|(d, r)| {
-            let (g, up) = r.split_at(i);
-            for ((o, &gv), &uv) in d.iter_mut().zip(g).zip(up) {
-                let gv = gv.min(lim);
-                let uv = uv.clamp(-lim, lim);
-                let sig = 1.0 / (1.0 + (-alpha * gv).exp());
-                *o = gv * sig * (uv + 1.0);
-            }
-        });
+        dst.par_chunks_mut(i)
+            .zip(u.par_chunks(two_i))
+            .for_each(|(d, r)| {
+                let (g, up) = r.split_at(i);
+                for ((o, &gv), &uv) in d.iter_mut().zip(g).zip(up) {
+                    let gv = gv.min(lim);
+                    let uv = uv.clamp(-lim, lim);
+                    let sig = 1.0 / (1.0 + (-alpha * gv).exp());
+                    *o = gv * sig * (uv + 1.0);
+                }
+            });
         Ok((CpuStorage::F32(dst), Shape::from((n, i))))
     }
 
     fn bwd(&self, u: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
-        let i = u.dim(1)? / 2;
-        let gate = u.narrow(1, 0, i)?;
-        let up = u.narrow(1, i, i)?;
-        let gc = gate.minimum(self.limit as f64)?;
-        let uc = up.clamp(-self.limit as f64, self.limit as f64)?;
-        let sig = candle_nn::ops::sigmoid(&(&gc * self.alpha as f64)?)?;
-        let glu = (&gc * &sig)?;
-        // d glu/d gate = σ + α·g·σ(1−σ), zero where the cap is active.
-        let one_m = sig.affine(-1.0, 1.0)?;
-        let dglu = (&sig + ((&gc * &sig)? * &one_m)?.affine(self.alpha as f64, 0.0)?)?;
-        let gate_live = gate.le(self.limit as f64)?.to_dtype(u.dtype())?;
-        let up_live = (up.ge(-self.limit as f64)?.to_dtype(u.dtype())?
-            * up.le(self.limit as f64)?.to_dtype(u.dtype())?)?;
-        let dgate = (((g * (uc + 1.0)?)? * dglu)? * gate_live)?;
-        let dup = ((g * glu)? * up_live)?;
-        Ok(Some(Tensor::cat(&[dgate, dup], 1)?))
+        let (n, two_i) = u.dims2()?;
+        let i = two_i / 2;
+        let uv = u.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gv = g.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (lim, alpha) = (self.limit, self.alpha);
+        let mut du = vec![0f32; n * two_i];
+        du.par_chunks_mut(two_i)
+            .zip(uv.par_chunks(two_i).zip(gv.par_chunks(i)))
+            .for_each(|(d, (r, gr))| {
+                let (dg, dup) = d.split_at_mut(i);
+                for j in 0..i {
+                    let (gate, up) = (r[j], r[i + j]);
+                    let gc = gate.min(lim);
+                    let uc = up.clamp(-lim, lim);
+                    let sig = 1.0 / (1.0 + (-alpha * gc).exp());
+                    let glu = gc * sig;
+                    // d glu/d gate = σ + α·g·σ(1−σ); no gradient where a clamp is active
+                    // (torch's clamp passes it at the boundary itself).
+                    dg[j] = if gate <= lim {
+                        gr[j] * (uc + 1.0) * (sig + alpha * gc * sig * (1.0 - sig))
+                    } else {
+                        0.0
+                    };
+                    dup[j] = if (-lim..=lim).contains(&up) {
+                        gr[j] * glu
+                    } else {
+                        0.0
+                    };
+                }
+            });
+        Ok(Some(Tensor::from_vec(du, (n, two_i), u.device())?))
     }
 }
 

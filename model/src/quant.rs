@@ -92,7 +92,7 @@ pub fn affine_dequantize(
     }
     let words_per_row = w.len() / 4 / rows;
     let in_dim = words_per_row * 32 / bits;
-    if in_dim % group != 0
+    if !in_dim.is_multiple_of(group)
         || scales.len() != rows * (in_dim / group)
         || biases.len() != scales.len()
     {

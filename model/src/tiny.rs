@@ -168,7 +168,7 @@ pub fn config_json(p: Preset, experts: ExpertFormat) -> serde_json::Value {
 /// number of parameters (dense-equivalent).
 pub fn write_tiny(out: &Path, p: Preset, seed: u64, experts: ExpertFormat) -> Result<usize> {
     let s = shape(p);
-    if s.hidden % 32 != 0 || s.inter % 32 != 0 {
+    if !s.hidden.is_multiple_of(32) || !s.inter.is_multiple_of(32) {
         bail!("MXFP4 needs hidden and intermediate sizes divisible by 32");
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/model").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/model")
+        .join(name)
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -27,7 +29,10 @@ fn copy_config(src: &Path, dst: &Path) {
 }
 
 fn load_err(dir: &Path) -> String {
-    format!("{:#}", GptOss::load(dir, &Device::Cpu, DType::F32).unwrap_err())
+    format!(
+        "{:#}",
+        GptOss::load(dir, &Device::Cpu, DType::F32).unwrap_err()
+    )
 }
 
 #[test]
@@ -48,7 +53,10 @@ fn missing_tensor_is_named() {
     t.remove("model.layers.2.self_attn.sinks");
     candle_core::safetensors::save(&t, d.join("model.safetensors")).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("missing tensor model.layers.2.self_attn.sinks"), "{e}");
+    assert!(
+        e.contains("missing tensor model.layers.2.self_attn.sinks"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -81,7 +89,10 @@ fn integer_weight_is_a_dtype_error() {
     );
     candle_core::safetensors::save(&t, d.join("model.safetensors")).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("model.norm.weight") && e.contains("float dtype"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("float dtype"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -105,7 +116,10 @@ fn truncated_safetensors_names_the_file() {
     let bytes = std::fs::read(fixture("dense").join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
     std::fs::write(d.join("model.safetensors"), b"garbage").unwrap();
     let e = load_err(&d);
     assert!(e.contains("not a valid safetensors"), "{e}");
@@ -115,7 +129,10 @@ fn truncated_safetensors_names_the_file() {
 fn unknown_model_type() {
     let text = std::fs::read_to_string(fixture("dense").join("config.json")).unwrap();
     let e = Config::from_json(&text.replace("\"gpt_oss\"", "\"llama\"")).unwrap_err();
-    assert!(format!("{e:#}").contains("unsupported model_type \"llama\""), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("unsupported model_type \"llama\""),
+        "{e:#}"
+    );
 }
 
 #[test]
@@ -138,16 +155,29 @@ fn both_rope_spellings_and_fingerprint() {
     assert_eq!(mx.fingerprint(), full.fingerprint());
     let mut other = j.clone();
     other["num_local_experts"] = 8.into();
-    assert_ne!(Config::from_json(&other.to_string()).unwrap().fingerprint(), full.fingerprint());
+    assert_ne!(
+        Config::from_json(&other.to_string()).unwrap().fingerprint(),
+        full.fingerprint()
+    );
     assert_eq!(full.fingerprint().len(), 64);
     // Hub configs carry both top-k spellings; the original one alone also works.
     let mut both = j.clone();
     both["experts_per_token"] = 2.into();
-    assert_eq!(Config::from_json(&both.to_string()).unwrap().num_experts_per_tok, 2);
+    assert_eq!(
+        Config::from_json(&both.to_string())
+            .unwrap()
+            .num_experts_per_tok,
+        2
+    );
     let mut orig = j.clone();
     orig.as_object_mut().unwrap().remove("num_experts_per_tok");
     orig["experts_per_token"] = 2.into();
-    assert_eq!(Config::from_json(&orig.to_string()).unwrap().num_experts_per_tok, 2);
+    assert_eq!(
+        Config::from_json(&orig.to_string())
+            .unwrap()
+            .num_experts_per_tok,
+        2
+    );
     // YaRN numbers of spec §1.5 for head_dim 64.
     let mut real = j.clone();
     real["head_dim"] = 64.into();
@@ -173,8 +203,16 @@ fn sharded_checkpoint_via_index() {
     let (mut a, mut b) = (HashMap::new(), HashMap::new());
     let mut map = serde_json::Map::new();
     for (i, n) in names.iter().enumerate() {
-        let f = if i % 2 == 0 { "model-00000-of-00001.safetensors" } else { "model-00001-of-00001.safetensors" };
-        if i % 2 == 0 { a.insert((*n).clone(), t[*n].clone()); } else { b.insert((*n).clone(), t[*n].clone()); }
+        let f = if i % 2 == 0 {
+            "model-00000-of-00001.safetensors"
+        } else {
+            "model-00001-of-00001.safetensors"
+        };
+        if i % 2 == 0 {
+            a.insert((*n).clone(), t[*n].clone());
+        } else {
+            b.insert((*n).clone(), t[*n].clone());
+        }
         map.insert((*n).clone(), f.into());
     }
     candle_core::safetensors::save(&a, d.join("model-00000-of-00001.safetensors")).unwrap();
@@ -182,19 +220,42 @@ fn sharded_checkpoint_via_index() {
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let m = GptOss::load(&d, &Device::Cpu, DType::F32).unwrap();
-    let r = candle_core::safetensors::load(fixture("mxfp4").join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        fixture("mxfp4").join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let got = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap();
-    let err = (got - &r["logits"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let err = (got - &r["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(err <= 1e-4, "{err}");
     let ck = Checkpoint::open(&d).unwrap();
-    assert!(ck.file_of("lm_head.weight").unwrap().ends_with("model-00000-of-00001.safetensors")
-        || ck.file_of("lm_head.weight").unwrap().ends_with("model-00001-of-00001.safetensors"));
+    assert!(
+        ck.file_of("lm_head.weight")
+            .unwrap()
+            .ends_with("model-00000-of-00001.safetensors")
+            || ck
+                .file_of("lm_head.weight")
+                .unwrap()
+                .ends_with("model-00001-of-00001.safetensors")
+    );
 
     // A shard listed in the index but absent is named.
     std::fs::remove_file(d.join("model-00001-of-00001.safetensors")).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("missing file") && e.contains("model-00001-of-00001.safetensors"), "{e}");
+    assert!(
+        e.contains("missing file") && e.contains("model-00001-of-00001.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -7,11 +7,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/model").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/model")
+        .join(name)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
@@ -64,7 +75,10 @@ fn mxfp4_matches_python_reference_bytes() {
     let generic = mxfp4::dequantize_generic(&bt, &st, DType::F32).unwrap();
     assert_eq!(fast.dims(), &[3, 64]);
     assert_eq!(fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
-    assert_eq!(generic.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    assert_eq!(
+        generic.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want
+    );
 }
 
 #[test]
@@ -98,7 +112,9 @@ fn affine_known_words() {
 
 #[test]
 fn affine_roundtrip_all_bit_widths() {
-    let vals: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let vals: Vec<f32> = (0..128)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
     for bits in [2usize, 3, 4, 5, 6, 8] {
         let (w, s, b) = quant::affine_quantize(&vals, 64, bits, 32);
         assert_eq!(w.len(), 128 * bits / 8);
@@ -121,12 +137,18 @@ fn quantization_dict_semantics() {
         "lm_head": false
     });
     use quant::QuantMode::*;
-    assert_eq!(quant::mode_for(Some(&q), "model.layers.0.mlp.router").unwrap(), Affine { bits: 8, group: 64 });
+    assert_eq!(
+        quant::mode_for(Some(&q), "model.layers.0.mlp.router").unwrap(),
+        Affine { bits: 8, group: 64 }
+    );
     assert_eq!(
         quant::mode_for(Some(&q), "model.layers.0.self_attn.q_proj").unwrap(),
         Affine { bits: 8, group: 32 }
     );
-    assert_eq!(quant::mode_for(Some(&q), "model.layers.0.mlp.experts.gate_proj").unwrap(), Mxfp4);
+    assert_eq!(
+        quant::mode_for(Some(&q), "model.layers.0.mlp.experts.gate_proj").unwrap(),
+        Mxfp4
+    );
     assert!(quant::mode_for(Some(&q), "lm_head").is_err());
     assert!(quant::mode_for(None, "lm_head").is_err());
 }
@@ -147,17 +169,30 @@ fn write_mlx(src: &Path, dst: &Path, affine_q: bool) -> Option<Vec<f32>> {
             for (n, idx) in [("gate_proj", even), ("up_proj", odd)] {
                 let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
                 let rows = v.index_select(&idx, 1).unwrap();
-                out.insert(format!("{p}.{n}.weight"), u32_view(&rows, (e, r / 2, g * 4)));
-                let s = t[&format!("{p}.gate_up_proj_scales")].index_select(&idx, 1).unwrap();
+                out.insert(
+                    format!("{p}.{n}.weight"),
+                    u32_view(&rows, (e, r / 2, g * 4)),
+                );
+                let s = t[&format!("{p}.gate_up_proj_scales")]
+                    .index_select(&idx, 1)
+                    .unwrap();
                 out.insert(format!("{p}.{n}.scales"), s);
-                let b = t[&format!("{p}.gate_up_proj_bias")].index_select(&idx, 1).unwrap();
+                let b = t[&format!("{p}.gate_up_proj_bias")]
+                    .index_select(&idx, 1)
+                    .unwrap();
                 out.insert(format!("{p}.{n}.bias"), b);
             }
         } else if let Some(p) = name.strip_suffix(".down_proj_blocks") {
             let (e, r, g, _) = v.dims4().unwrap();
             out.insert(format!("{p}.down_proj.weight"), u32_view(v, (e, r, g * 4)));
-            out.insert(format!("{p}.down_proj.scales"), t[&format!("{p}.down_proj_scales")].clone());
-            out.insert(format!("{p}.down_proj.bias"), t[&format!("{p}.down_proj_bias")].clone());
+            out.insert(
+                format!("{p}.down_proj.scales"),
+                t[&format!("{p}.down_proj_scales")].clone(),
+            );
+            out.insert(
+                format!("{p}.down_proj.bias"),
+                t[&format!("{p}.down_proj_bias")].clone(),
+            );
         } else if name.contains("_scales") || name.contains("_bias") && name.contains("experts") {
             continue;
         } else if affine_q && name == "model.layers.0.self_attn.q_proj.weight" {
@@ -168,13 +203,33 @@ fn write_mlx(src: &Path, dst: &Path, affine_q: bool) -> Option<Vec<f32>> {
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            out.insert(name.clone(), Tensor::from_vec(words, (r, c / 4), &Device::Cpu).unwrap());
+            out.insert(
+                name.clone(),
+                Tensor::from_vec(words, (r, c / 4), &Device::Cpu).unwrap(),
+            );
             let p = "model.layers.0.self_attn.q_proj";
-            let sb = |x: Vec<f32>| Tensor::from_vec(x, (r, c / 32), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+            let sb = |x: Vec<f32>| {
+                Tensor::from_vec(x, (r, c / 32), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
             // Stored as bf16 like MLX does; dequantize from the rounded values.
             let (s16, b16) = (sb(s), sb(b));
-            let s = s16.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let b = b16.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let s = s16
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b = b16
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             deq_q = Some(quant::affine_dequantize(&packed, &s, &b, r, 8, 32).unwrap());
             out.insert(format!("{p}.scales"), s16);
             out.insert(format!("{p}.biases"), b16);
@@ -194,13 +249,20 @@ fn write_mlx(src: &Path, dst: &Path, affine_q: bool) -> Option<Vec<f32>> {
     }
     obj.insert("quantization".into(), q.clone());
     obj.insert("quantization_config".into(), q);
-    std::fs::write(dst.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dst.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
     deq_q
 }
 
 fn u32_view(blocks: &Tensor, shape: (usize, usize, usize)) -> Tensor {
     let b = blocks.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let w: Vec<u32> = b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let w: Vec<u32> = b
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Tensor::from_vec(w, shape, &Device::Cpu).unwrap()
 }
 
@@ -215,7 +277,11 @@ fn mlx_layout_gives_transformers_logits() {
     let dir = tmpdir("mlx");
     write_mlx(&fixture("mxfp4"), &dir, false);
     let m = GptOss::load(&dir, &Device::Cpu, DType::F32).unwrap();
-    let r = candle_core::safetensors::load(fixture("mxfp4").join("reference.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        fixture("mxfp4").join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let got = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap();
     let err = max_abs(&got, &r["logits"]);
@@ -232,12 +298,15 @@ fn mlx_affine_module_without_mode_is_affine() {
     // Same model with the dequantized q_proj put in by hand.
     let mut want_m = GptOss::load(fixture("mxfp4"), &Device::Cpu, DType::F32).unwrap();
     let before = want_m.layers[0].attn.q_proj.weight.clone();
-    want_m.layers[0].attn.q_proj.weight = Tensor::from_vec(deq, before.dims(), &Device::Cpu).unwrap();
+    want_m.layers[0].attn.q_proj.weight =
+        Tensor::from_vec(deq, before.dims(), &Device::Cpu).unwrap();
     let q_err = max_abs(&want_m.layers[0].attn.q_proj.weight, &before);
     assert!(q_err > 0.0 && q_err < 0.02, "8-bit affine error {q_err}");
     let ids = Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]], &Device::Cpu).unwrap();
     let got = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap();
-    let want = want_m.forward(&ids, 0, &mut Cache::new(want_m.config())).unwrap();
+    let want = want_m
+        .forward(&ids, 0, &mut Cache::new(want_m.config()))
+        .unwrap();
     let err = max_abs(&got, &want);
     assert!(err <= 1e-5, "{err}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -39,7 +39,16 @@ fn rand_var(shape: &[usize], std: f64) -> Var {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// Attaches an adapter to every target; B is zero or random.
@@ -79,11 +88,20 @@ fn targets_follow_the_adapter_names() {
     let m = model();
     let t = m.lora_targets();
     assert_eq!(t.len(), 4 * 8);
-    let q = t.iter().find(|t| t.name == "model.layers.3.self_attn.q_proj").unwrap();
+    let q = t
+        .iter()
+        .find(|t| t.name == "model.layers.3.self_attn.q_proj")
+        .unwrap();
     assert_eq!((q.in_dim, q.out_dim, q.experts), (64, 128, None));
-    let r = t.iter().find(|t| t.name == "model.layers.3.mlp.router").unwrap();
+    let r = t
+        .iter()
+        .find(|t| t.name == "model.layers.3.mlp.router")
+        .unwrap();
     assert_eq!((r.in_dim, r.out_dim, r.experts), (64, 4, None));
-    let d = t.iter().find(|t| t.name == "model.layers.0.mlp.experts.down_proj").unwrap();
+    let d = t
+        .iter()
+        .find(|t| t.name == "model.layers.0.mlp.experts.down_proj")
+        .unwrap();
     assert_eq!((d.in_dim, d.out_dim, d.experts), (64, 64, Some(4)));
     assert_eq!(d.kind(), "down_proj");
     assert_eq!(d.layer(), Some(0));
@@ -95,11 +113,17 @@ fn attach_rejects_bad_names_and_shapes() {
     let a = rand_var(&[4, 64], 0.1);
     let b = rand_var(&[128, 4], 0.1);
     let l = LoraLinear::new(a.clone(), b.clone(), 1.0).unwrap();
-    let e = m.attach_lora("model.layers.9.self_attn.q_proj", l.clone()).unwrap_err();
+    let e = m
+        .attach_lora("model.layers.9.self_attn.q_proj", l.clone())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("unknown LoRA target"), "{e:#}");
-    let e = m.attach_lora("model.layers.0.self_attn.k_proj", l.clone()).unwrap_err();
+    let e = m
+        .attach_lora("model.layers.0.self_attn.k_proj", l.clone())
+        .unwrap_err();
     assert!(format!("{e:#}").contains("do not fit"), "{e:#}");
-    let e = m.attach_lora("model.layers.0.mlp.experts.gate_proj", l).unwrap_err();
+    let e = m
+        .attach_lora("model.layers.0.mlp.experts.gate_proj", l)
+        .unwrap_err();
     assert!(format!("{e:#}").contains("SwitchLora"), "{e:#}");
 }
 
@@ -116,7 +140,14 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
     assert!(max_abs(&got, &want) < 1e-5);
 
     // Each kind of target on its own changes the output.
-    for kind in ["q_proj", "o_proj", "router", "gate_proj", "up_proj", "down_proj"] {
+    for kind in [
+        "q_proj",
+        "o_proj",
+        "router",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ] {
         let mut m = model();
         let t = m
             .lora_targets()
@@ -125,8 +156,12 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
             .unwrap();
         match t.experts {
             None => {
-                let l = LoraLinear::new(rand_var(&[4, t.in_dim], 0.3), rand_var(&[t.out_dim, 4], 0.3), 2.0)
-                    .unwrap();
+                let l = LoraLinear::new(
+                    rand_var(&[4, t.in_dim], 0.3),
+                    rand_var(&[t.out_dim, 4], 0.3),
+                    2.0,
+                )
+                .unwrap();
                 m.attach_lora(&t.name, l).unwrap();
             }
             Some(e) => {
@@ -141,7 +176,10 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
         }
         let got = m.logits(&m.forward_hidden(&ids()).unwrap()).unwrap();
         let d = max_abs(&got, &want);
-        assert!(d > 1e-3, "{kind}: LoRA with B≠0 left the logits unchanged ({d})");
+        assert!(
+            d > 1e-3,
+            "{kind}: LoRA with B≠0 left the logits unchanged ({d})"
+        );
         m.clear_lora();
         let got = m.logits(&m.forward_hidden(&ids()).unwrap()).unwrap();
         assert!(max_abs(&got, &want) < 1e-5, "{kind}: clear_lora");
@@ -151,7 +189,12 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
 fn loss(m: &GptOss) -> Tensor {
     let logits = m.logits(&m.forward_hidden(&ids()).unwrap()).unwrap();
     let lsm = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
-    lsm.narrow(2, 7, 1).unwrap().mean_all().unwrap().neg().unwrap()
+    lsm.narrow(2, 7, 1)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap()
 }
 
 #[test]
@@ -161,11 +204,25 @@ fn gradients_reach_a_and_b() {
     let vars = attach_all(&mut m, 4, 0.0);
     let grads = loss(&m).backward().unwrap();
     for (name, a, b) in &vars {
-        let gb = grads.get(b.as_tensor()).unwrap_or_else(|| panic!("no grad for {name} B"));
-        let nb = gb.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let gb = grads
+            .get(b.as_tensor())
+            .unwrap_or_else(|| panic!("no grad for {name} B"));
+        let nb = gb
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(nb > 0.0, "{name}: zero grad for B");
         if let Some(ga) = grads.get(a.as_tensor()) {
-            let na = ga.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let na = ga
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(na, 0.0, "{name}: A grad with B = 0");
         }
     }
@@ -175,8 +232,16 @@ fn gradients_reach_a_and_b() {
     let grads = loss(&m).backward().unwrap();
     for (name, a, b) in &vars {
         for (what, v) in [("A", a), ("B", b)] {
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no grad for {name} {what}"));
-            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no grad for {name} {what}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0 && n.is_finite(), "{name} {what}: grad sum {n}");
         }
     }
@@ -202,8 +267,19 @@ fn fd_check_var(target: &str, check_a: bool) {
     let (name, a, b) = vars.iter().find(|(n, _, _)| n == target).unwrap();
     let b = if check_a { a } else { b };
     let grads = loss(&m).backward().unwrap();
-    let g = grads.get(b.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b0 = b.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = grads
+        .get(b.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b0 = b
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let shape = b.as_tensor().dims().to_vec();
     let h = 1e-2f32;
     let l0 = loss(&m).to_scalar::<f32>().unwrap();
@@ -212,13 +288,16 @@ fn fd_check_var(target: &str, check_a: bool) {
         let idx = idx % b0.len();
         let mut plus = b0.clone();
         plus[idx] += h;
-        b.set(&Tensor::from_vec(plus, shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        b.set(&Tensor::from_vec(plus, shape.clone(), &Device::Cpu).unwrap())
+            .unwrap();
         let lp = loss(&m).to_scalar::<f32>().unwrap();
         let mut minus = b0.clone();
         minus[idx] -= h;
-        b.set(&Tensor::from_vec(minus, shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        b.set(&Tensor::from_vec(minus, shape.clone(), &Device::Cpu).unwrap())
+            .unwrap();
         let lm = loss(&m).to_scalar::<f32>().unwrap();
-        b.set(&Tensor::from_vec(b0.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        b.set(&Tensor::from_vec(b0.clone(), shape.clone(), &Device::Cpu).unwrap())
+            .unwrap();
         // A perturbation that flips a top-k choice makes the loss jump: skip those points
         // (the two one-sided slopes disagree), the routing is piecewise constant.
         let (up, down) = ((lp - l0) / h, (l0 - lm) / h);
@@ -228,7 +307,11 @@ fn fd_check_var(target: &str, check_a: bool) {
         checked += 1;
         let fd = (lp - lm) / (2.0 * h);
         let tol = 2e-3 + 0.05 * fd.abs();
-        assert!((fd - g[idx]).abs() < tol, "{name} B[{idx}]: analytic {} vs fd {fd}", g[idx]);
+        assert!(
+            (fd - g[idx]).abs() < tol,
+            "{name} B[{idx}]: analytic {} vs fd {fd}",
+            g[idx]
+        );
     }
     assert!(checked >= 3, "only {checked} smooth points");
 }

@@ -7,8 +7,8 @@
 //! the same argument lists), so the demo is also a tour of the commands a user types.
 
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
 use osstune_train::metrics::{read_records, Record};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The bundled inputs live in the source tree; a binary built from a checkout finds them there.
@@ -54,7 +54,8 @@ pub fn run(a: Args) -> Result<()> {
     let adapters = out.join("adapters");
     let merged = out.join("merged");
     let config = out.join("tiny.toml");
-    std::fs::write(&config, TINY_CONFIG).with_context(|| format!("cannot write {}", config.display()))?;
+    std::fs::write(&config, TINY_CONFIG)
+        .with_context(|| format!("cannot write {}", config.display()))?;
     let sessions = a.sessions.unwrap_or_else(|| PathBuf::from(SESSIONS_DIR));
     let total = Instant::now();
 
@@ -63,20 +64,61 @@ pub fn run(a: Args) -> Result<()> {
 
     stage(
         "1/5 a tiny gpt-oss-shaped base model (MXFP4 experts, real o200k_harmony vocabulary)",
-        &args(&["init-tiny", "--out", &base_s, "--preset", "tiny", "--experts", "mxfp4", "--seed", "0"]),
+        &args(&[
+            "init-tiny",
+            "--out",
+            &base_s,
+            "--preset",
+            "tiny",
+            "--experts",
+            "mxfp4",
+            "--seed",
+            "0",
+        ]),
     )?;
     stage(
         "2/5 session logs → Harmony samples, seeded 90/10 split",
-        &args(&["data", "convert", &s(&sessions), "--out", &data_s, "--seed", "42", "--valid-fraction", "0.1"]),
+        &args(&[
+            "data",
+            "convert",
+            &s(&sessions),
+            "--out",
+            &data_s,
+            "--seed",
+            "42",
+            "--valid-fraction",
+            "0.1",
+        ]),
     )?;
-    let mut train = args(&["train", "--config", &s(&config), "--model", &base_s, "--data", &data_s, "--out", &adapters_s]);
+    let mut train = args(&[
+        "train",
+        "--config",
+        &s(&config),
+        "--model",
+        &base_s,
+        "--data",
+        &data_s,
+        "--out",
+        &adapters_s,
+    ]);
     if let Some(n) = a.steps {
         train.extend(["--steps".to_string(), n.to_string()]);
     }
     let train_secs = stage("3/5 LoRA training (Muon + AdamW, warm-up + cosine)", &train)?;
     stage(
         "4/5 merge the adapters into a full checkpoint, verified against base + adapter",
-        &args(&["merge", "--model", &base_s, "--adapter", &adapters_s, "--out", &merged_s, "--dtype", "f32", "--verify"]),
+        &args(&[
+            "merge",
+            "--model",
+            &base_s,
+            "--adapter",
+            &adapters_s,
+            "--out",
+            &merged_s,
+            "--dtype",
+            "f32",
+            "--verify",
+        ]),
     )?;
     stage(
         "5/5 generate from the merged model (greedy)",
@@ -93,27 +135,47 @@ pub fn run(a: Args) -> Result<()> {
         ]),
     )?;
 
-    summary(&out, &data, &adapters, &merged, train_secs, total.elapsed().as_secs_f64())
+    summary(
+        &out,
+        &data,
+        &adapters,
+        &merged,
+        train_secs,
+        total.elapsed().as_secs_f64(),
+    )
 }
 
-fn summary(out: &Path, data: &Path, adapters: &Path, merged: &Path, train_secs: f64, secs: f64) -> Result<()> {
+fn summary(
+    out: &Path,
+    data: &Path,
+    adapters: &Path,
+    merged: &Path,
+    train_secs: f64,
+    secs: f64,
+) -> Result<()> {
     let stats_path = data.join("stats.json");
     let stats: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&stats_path).with_context(|| format!("cannot read {}", stats_path.display()))?,
+        &std::fs::read_to_string(&stats_path)
+            .with_context(|| format!("cannot read {}", stats_path.display()))?,
     )
     .with_context(|| format!("{}: not a stats file", stats_path.display()))?;
     let records = read_records(&adapters.join("metrics.jsonl"))?;
     let (mut train, mut valid, mut tokens) = (Vec::new(), Vec::new(), 0usize);
     for r in &records {
         match r {
-            Record::Train { loss, tokens: t, .. } => {
+            Record::Train {
+                loss, tokens: t, ..
+            } => {
                 train.push(*loss);
                 tokens += t;
             }
             Record::Valid { loss, .. } => valid.push(*loss),
         }
     }
-    println!("\n=== demo finished in {secs:.0} s; artifacts under {}", out.display());
+    println!(
+        "\n=== demo finished in {secs:.0} s; artifacts under {}",
+        out.display()
+    );
     println!("  base model    {}", out.join("base").display());
     println!(
         "  samples       {} kept → train {} / valid {}   ({})",
@@ -123,13 +185,19 @@ fn summary(out: &Path, data: &Path, adapters: &Path, merged: &Path, train_secs: 
         data.display()
     );
     if let (Some(first), Some(last)) = (train.first(), train.last()) {
-        println!("  train loss    {first:.3} → {last:.3} over {} steps", train.len());
+        println!(
+            "  train loss    {first:.3} → {last:.3} over {} steps",
+            train.len()
+        );
     }
     if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
         println!("  valid loss    {first:.3} → {last:.3}");
     }
     if train_secs > 0.0 {
-        println!("  training      {:.0} tokens/s (validation and checkpoints included)", tokens as f64 / train_secs);
+        println!(
+            "  training      {:.0} tokens/s (validation and checkpoints included)",
+            tokens as f64 / train_secs
+        );
     }
     println!("  adapters      {}", adapters.display());
     println!("  merged model  {}", merged.display());

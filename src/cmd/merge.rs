@@ -84,8 +84,8 @@ pub fn run(args: Args) -> Result<()> {
     eprint!("{}", r.survival.report());
     if let Some((v, tol)) = &r.verify {
         println!(
-            "verify: max |Δlogit| {:.3e} (tolerance {tol:.3e}; adapter effect {:.3e}, max |logit| {:.3})",
-            v.max_diff, v.adapter_effect, v.max_logit
+            "verify: max |Δlogit| {:.3e}, mean {:.3e} (tolerance {tol:.3e}; adapter effect {:.3e}, max |logit| {:.3})",
+            v.max_diff, v.mean_diff, v.adapter_effect, v.max_logit
         );
     }
     println!(

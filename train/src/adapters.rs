@@ -85,10 +85,15 @@ pub fn select_targets(
     } else {
         num_layers - last_layers
     };
-    let order = |t: &str| ALL_TARGETS.iter().position(|x| *x == t).unwrap_or(usize::MAX);
+    let order = |t: &str| {
+        ALL_TARGETS
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or(usize::MAX)
+    };
     let mut sel: Vec<TargetShape> = all
         .iter()
-        .filter(|t| t.layer >= first && targets.iter().any(|x| *x == t.target))
+        .filter(|t| t.layer >= first && targets.contains(&t.target))
         .cloned()
         .collect();
     for t in targets {
@@ -184,7 +189,12 @@ impl Adapters {
 
     /// Loads adapters saved by `save`, checking them against the base model: the fingerprint
     /// must match and every tensor must have the shape the base implies.
-    pub fn load(dir: &Path, all: &[TargetShape], base: &BaseModelInfo, device: &Device) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        all: &[TargetShape],
+        base: &BaseModelInfo,
+        device: &Device,
+    ) -> Result<Self> {
         let config = read_config(dir)?;
         if config.base_model.fingerprint != base.fingerprint {
             bail!(
@@ -346,7 +356,10 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
                     .collect();
                 Tensor::from_vec(v, shape, device)?
             }
-            d => bail!("{}: tensor {name} has unsupported dtype {d:?}", path.display()),
+            d => bail!(
+                "{}: tensor {name} has unsupported dtype {d:?}",
+                path.display()
+            ),
         };
         out.insert(name, t);
     }

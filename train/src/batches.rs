@@ -80,7 +80,10 @@ pub fn read_samples(
             );
         }
         if let Some(&bad) = s.loss_mask.iter().find(|&&m| m > 1) {
-            bail!("{}:{lineno}: loss_mask value {bad} (must be 0 or 1)", path.display());
+            bail!(
+                "{}:{lineno}: loss_mask value {bad} (must be 0 or 1)",
+                path.display()
+            );
         }
         let mut sample = Sample {
             input_ids: s.input_ids,

@@ -34,8 +34,8 @@ pub struct TrainState {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
@@ -135,8 +135,7 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     if !p.exists() {
         return Ok(None);
     }
-    let name =
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let name = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let dir = root.join(name.trim());
     if !dir.join("state.json").exists() {
         bail!(

@@ -184,7 +184,10 @@ impl TrainConfig {
         }
         for t in &l.targets {
             if !ALL_TARGETS.contains(&t.as_str()) {
-                bail!("unknown LoRA target {t:?} (known: {})", ALL_TARGETS.join(", "));
+                bail!(
+                    "unknown LoRA target {t:?} (known: {})",
+                    ALL_TARGETS.join(", ")
+                );
             }
         }
         let t = &self.train;
@@ -202,7 +205,10 @@ impl TrainConfig {
         }
         self.optim.validate()?;
         if !["f32", "bf16", "f16"].contains(&self.model.dtype.as_str()) {
-            bail!("model.dtype must be f32, bf16 or f16, got {:?}", self.model.dtype);
+            bail!(
+                "model.dtype must be f32, bf16 or f16, got {:?}",
+                self.model.dtype
+            );
         }
         Ok(())
     }

@@ -112,8 +112,14 @@ fn zero_pad_rank(p: &Pair, r2: usize) -> Result<(Tensor, Tensor)> {
     let mut zb = p.b.dims().to_vec();
     zb[rb] = r2 - r;
     Ok((
-        Tensor::cat(&[p.a.clone(), Tensor::zeros(za, p.a.dtype(), p.a.device())?], ra)?,
-        Tensor::cat(&[p.b.clone(), Tensor::zeros(zb, p.b.dtype(), p.b.device())?], rb)?,
+        Tensor::cat(
+            &[p.a.clone(), Tensor::zeros(za, p.a.dtype(), p.a.device())?],
+            ra,
+        )?,
+        Tensor::cat(
+            &[p.b.clone(), Tensor::zeros(zb, p.b.dtype(), p.b.device())?],
+            rb,
+        )?,
     ))
 }
 
@@ -136,7 +142,9 @@ fn from_peft_expert_a(a: &Tensor, e: usize) -> Result<Tensor> {
 
 fn from_peft_expert_b(b: &Tensor, e: usize) -> Result<Tensor> {
     let (o, re) = b.dims2()?;
-    Ok(b.reshape((o, re / e, e))?.permute((2, 0, 1))?.contiguous()?)
+    Ok(b.reshape((o, re / e, e))?
+        .permute((2, 0, 1))?
+        .contiguous()?)
 }
 
 /// Interleaves gate [E, I, r2] and up [E, I, r2] rows into [E, 2I, r2] (gate even, up odd).
@@ -158,10 +166,17 @@ pub fn export(src: &Path, dst: &Path, format: Format) -> Result<()> {
 }
 
 fn tidx(t: &str) -> usize {
-    ALL_TARGETS.iter().position(|x| *x == t).unwrap_or(usize::MAX)
+    ALL_TARGETS
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(usize::MAX)
 }
 
-fn export_peft(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst: &Path) -> Result<()> {
+fn export_peft(
+    cfg: &AdapterConfig,
+    pairs: &BTreeMap<(usize, usize), Pair>,
+    dst: &Path,
+) -> Result<()> {
     let has = |t: &str| cfg.targets.iter().any(|x| x == t);
     let fused = has("gate_proj") && has("up_proj");
     let r2 = if fused { 2 * cfg.rank } else { cfg.rank };
@@ -171,7 +186,11 @@ fn export_peft(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst:
         for t in ["q_proj", "k_proj", "v_proj", "o_proj", "router"] {
             if let Some(p) = pairs.get(&(l, tidx(t))) {
                 let (a, b) = zero_pad_rank(p, r2)?;
-                let m = if t == "router" { "mlp.router".to_string() } else { format!("self_attn.{t}") };
+                let m = if t == "router" {
+                    "mlp.router".to_string()
+                } else {
+                    format!("self_attn.{t}")
+                };
                 out.push((format!("{pre}.{m}.lora_A.weight"), a));
                 out.push((format!("{pre}.{m}.lora_B.weight"), b));
             }
@@ -205,8 +224,14 @@ fn export_peft(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst:
         }
         if let Some(d) = down {
             let (a, b) = zero_pad_rank(d, r2)?;
-            out.push((format!("{pre}.mlp.experts.lora_A.weight"), peft_expert_a(&a)?));
-            out.push((format!("{pre}.mlp.experts.lora_B.weight"), peft_expert_b(&b)?));
+            out.push((
+                format!("{pre}.mlp.experts.lora_A.weight"),
+                peft_expert_a(&a)?,
+            ));
+            out.push((
+                format!("{pre}.mlp.experts.lora_B.weight"),
+                peft_expert_b(&b)?,
+            ));
         }
     }
     let target_modules: Vec<&str> = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -245,15 +270,25 @@ fn export_peft(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst:
         "modules_to_save": null,
         "inference_mode": true,
     });
-    write_atomic(&dst.join("adapter_model.safetensors"), &safetensors_bytes(&out)?)?;
-    write_atomic(&dst.join("adapter_config.json"), &serde_json::to_vec_pretty(&pcfg)?)
+    write_atomic(
+        &dst.join("adapter_model.safetensors"),
+        &safetensors_bytes(&out)?,
+    )?;
+    write_atomic(
+        &dst.join("adapter_config.json"),
+        &serde_json::to_vec_pretty(&pcfg)?,
+    )
 }
 
 fn unreachable_pair<T>() -> Result<T> {
     bail!("internal: neither gate nor up present")
 }
 
-fn export_mlx(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst: &Path) -> Result<()> {
+fn export_mlx(
+    cfg: &AdapterConfig,
+    pairs: &BTreeMap<(usize, usize), Pair>,
+    dst: &Path,
+) -> Result<()> {
     let n = cfg.base_model.num_hidden_layers;
     let expected: Vec<usize> = (n - cfg.layers.len().min(n)..n).collect();
     if cfg.layers != expected {
@@ -297,21 +332,34 @@ fn export_mlx(cfg: &AdapterConfig, pairs: &BTreeMap<(usize, usize), Pair>, dst: 
 /// Reads a PEFT or mlx-lm adapter folder back into osstune's format for `base`.
 pub fn import(src: &Path, dst: &Path, format: Format, base: &BaseModelInfo) -> Result<()> {
     let cpath = src.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?;
+    let text =
+        std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?;
     let j: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", cpath.display()))?;
     let (tensors, rank, alpha, dropout) = match format {
         Format::Peft => {
             let w = src.join("adapter_model.safetensors");
-            let r = j["r"].as_u64().with_context(|| format!("{}: no integer \"r\"", cpath.display()))? as usize;
-            let alpha = j["lora_alpha"].as_f64().with_context(|| format!("{}: no \"lora_alpha\"", cpath.display()))?;
+            let r = j["r"]
+                .as_u64()
+                .with_context(|| format!("{}: no integer \"r\"", cpath.display()))?
+                as usize;
+            let alpha = j["lora_alpha"]
+                .as_f64()
+                .with_context(|| format!("{}: no \"lora_alpha\"", cpath.display()))?;
             if j["use_rslora"].as_bool() == Some(true) || j["use_dora"].as_bool() == Some(true) {
-                bail!("{}: rsLoRA / DoRA adapters are not supported", cpath.display());
+                bail!(
+                    "{}: rsLoRA / DoRA adapters are not supported",
+                    cpath.display()
+                );
             }
             let d = j["lora_dropout"].as_f64().unwrap_or(0.0);
             let tp: Vec<String> = j["target_parameters"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             let t = read_safetensors(&w, &Device::Cpu)?;
             (from_peft(t, base, &tp, &w)?, r, alpha, d)
@@ -319,20 +367,39 @@ pub fn import(src: &Path, dst: &Path, format: Format, base: &BaseModelInfo) -> R
         Format::Mlx => {
             let w = src.join(WEIGHTS_FILE);
             let lp = &j["lora_parameters"];
-            let r = lp["rank"].as_u64().with_context(|| format!("{}: no lora_parameters.rank", cpath.display()))? as usize;
-            let scale = lp["scale"].as_f64().with_context(|| format!("{}: no lora_parameters.scale", cpath.display()))?;
+            let r = lp["rank"]
+                .as_u64()
+                .with_context(|| format!("{}: no lora_parameters.rank", cpath.display()))?
+                as usize;
+            let scale = lp["scale"]
+                .as_f64()
+                .with_context(|| format!("{}: no lora_parameters.scale", cpath.display()))?;
             let d = lp["dropout"].as_f64().unwrap_or(0.0);
-            (from_mlx(read_safetensors(&w, &Device::Cpu)?, &w)?, r, scale * r as f64, d)
+            (
+                from_mlx(read_safetensors(&w, &Device::Cpu)?, &w)?,
+                r,
+                scale * r as f64,
+                d,
+            )
         }
     };
     let mut layers: Vec<usize> = Vec::new();
     let mut targets: Vec<String> = Vec::new();
     for n in tensors.keys() {
-        let rest = n.strip_prefix("model.layers.").with_context(|| format!("tensor {n}"))?;
-        let (l, m) = rest.split_once('.').with_context(|| format!("tensor {n}"))?;
-        let l: usize = l.parse().with_context(|| format!("tensor {n}: layer index"))?;
+        let rest = n
+            .strip_prefix("model.layers.")
+            .with_context(|| format!("tensor {n}"))?;
+        let (l, m) = rest
+            .split_once('.')
+            .with_context(|| format!("tensor {n}"))?;
+        let l: usize = l
+            .parse()
+            .with_context(|| format!("tensor {n}: layer index"))?;
         if l >= base.num_hidden_layers {
-            bail!("tensor {n}: layer {l} but the base has {} layers", base.num_hidden_layers);
+            bail!(
+                "tensor {n}: layer {l} but the base has {} layers",
+                base.num_hidden_layers
+            );
         }
         layers.push(l);
         let m = m.rsplit_once('.').map(|x| x.0).unwrap_or(m);
@@ -367,9 +434,16 @@ fn from_mlx(t: HashMap<String, Tensor>, path: &Path) -> Result<HashMap<String, T
     let mut out = HashMap::new();
     for (n, v) in t {
         if !(n.ends_with(".lora_a") || n.ends_with(".lora_b")) {
-            bail!("{}: unexpected tensor {n} (DoRA and full fine-tunes are not supported)", path.display());
+            bail!(
+                "{}: unexpected tensor {n} (DoRA and full fine-tunes are not supported)",
+                path.display()
+            );
         }
-        let v = if v.dims().len() == 2 { v.t()?.contiguous()? } else { v };
+        let v = if v.dims().len() == 2 {
+            v.t()?.contiguous()?
+        } else {
+            v
+        };
         out.insert(n, v);
     }
     Ok(out)
@@ -386,7 +460,8 @@ fn from_peft(
     let only_down = has("experts.down_proj") && !has("experts.gate_up_proj");
     let mut out = HashMap::new();
     let take = |t: &mut HashMap<String, Tensor>, n: &str| {
-        t.remove(n).with_context(|| format!("{}: missing tensor {n}", path.display()))
+        t.remove(n)
+            .with_context(|| format!("{}: missing tensor {n}", path.display()))
     };
     let mut layers: Vec<usize> = t
         .keys()
@@ -397,7 +472,13 @@ fn from_peft(
     layers.dedup();
     for l in layers {
         let pre = format!("base_model.model.model.layers.{l}");
-        for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.router"] {
+        for m in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.router",
+        ] {
             let an = format!("{pre}.{m}.lora_A.weight");
             if t.contains_key(&an) {
                 let a = take(&mut t, &an)?;
@@ -434,7 +515,10 @@ fn from_peft(
                 let pairs = b3.reshape((ee, two_i / 2, 2, r))?;
                 let gb = pairs.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?;
                 let ub = pairs.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?;
-                out.insert(format!("model.layers.{l}.mlp.experts.gate_proj.lora_a"), a3.clone());
+                out.insert(
+                    format!("model.layers.{l}.mlp.experts.gate_proj.lora_a"),
+                    a3.clone(),
+                );
                 out.insert(format!("model.layers.{l}.mlp.experts.gate_proj.lora_b"), gb);
                 out.insert(format!("model.layers.{l}.mlp.experts.up_proj.lora_a"), a3);
                 out.insert(format!("model.layers.{l}.mlp.experts.up_proj.lora_b"), ub);
@@ -442,7 +526,10 @@ fn from_peft(
         }
     }
     if let Some(n) = t.keys().next() {
-        bail!("{}: tensor {n} is not one osstune can import", path.display());
+        bail!(
+            "{}: tensor {n} is not one osstune can import",
+            path.display()
+        );
     }
     Ok(out)
 }

@@ -98,7 +98,9 @@ fn fused_ce(
                 let mut acc = 0f64;
                 let mut gc = gc;
                 for r in lo..hi {
-                    let g = gc.as_deref_mut().map(|g| &mut g[(r - lo) * v..(r - lo + 1) * v]);
+                    let g = gc
+                        .as_deref_mut()
+                        .map(|g| &mut g[(r - lo) * v..(r - lo + 1) * v]);
                     acc += row_loss(r, g);
                 }
                 acc
@@ -126,7 +128,9 @@ pub fn hidden_loss(
     let dev = h.device();
     let w_all: Vec<f32> = bt.weights.flatten_all()?.to_vec1()?;
     let tg_all: Vec<u32> = bt.targets.flatten_all()?.to_vec1()?;
-    let rows: Vec<u32> = (0..w_all.len() as u32).filter(|&i| w_all[i as usize] > 0.0).collect();
+    let rows: Vec<u32> = (0..w_all.len() as u32)
+        .filter(|&i| w_all[i as usize] > 0.0)
+        .collect();
     let h2 = h.reshape((b * t, hd))?;
     let v = model.cfg.vocab_size;
     let lm = model.lm_head.clone();

@@ -38,8 +38,9 @@ impl MetricsLog {
     pub fn open(dir: &Path, keep_until_step: Option<usize>) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
         match keep_until_step {
-            None => std::fs::write(&path, "")
-                .with_context(|| format!("creating {}", path.display()))?,
+            None => {
+                std::fs::write(&path, "").with_context(|| format!("creating {}", path.display()))?
+            }
             Some(k) => {
                 let kept: Vec<String> = read_records(&path)
                     .unwrap_or_default()

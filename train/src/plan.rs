@@ -10,11 +10,13 @@
 //!   them for every layer, sliding ones included), the MoE intermediates of the k routed
 //!   experts, and the LoRA intermediates; plus, with quantized experts, the dequantized
 //!   expert matrices the autograd graph holds until backward;
-//! - backward workspace: candle's backward also forms the gradient of every frozen matrix it
-//!   multiplied by (it has no "requires_grad=False"), so a dense copy of the used weights
-//!   exists at the end of backward — counted here, see the report to the model crate;
-//! - the loss chunk: B × loss_chunk × V logits and their softmax/gradient (~6 copies), and
-//!   the lm_head gradient candle forms per chunk.
+//! - backward workspace: candle's matmul backward also forms the gradient of every frozen
+//!   matrix it multiplied by (it has no "requires_grad=False"); the model's `ops::linear`
+//!   avoids that on CPU f32, but its fallback (bf16, GPU) still does, so a dense copy of the
+//!   used weights exists at the end of backward there — counted for those cases;
+//! - the loss chunk: B × loss_chunk trained rows × V logits (tensor, host copy, gradient and
+//!   its tensor: 4 copies, see `loss.rs`).
+//!
 //! With `activation_checkpointing` only one layer's activations (and dequantized experts, and
 //! frozen-weight gradients) exist at a time, plus the L layer inputs.
 //!
@@ -65,7 +67,11 @@ impl Plan {
         s.push_str(&format!("optimizer state        {}\n", g(self.optimizer)));
         s.push_str(&format!(
             "activations{}  {}\n",
-            if self.checkpointing { " (ckpt)    " } else { "           " },
+            if self.checkpointing {
+                " (ckpt)    "
+            } else {
+                "           "
+            },
             g(self.activations)
         ));
         s.push_str(&format!("backward workspace     {}\n", g(self.backward)));
@@ -121,12 +127,50 @@ fn weight_bytes(dir: &Path, elem: u64) -> Result<(u64, u64)> {
     Ok((total, packed))
 }
 
+/// Checkpoint bytes computed from the architecture alone: experts packed as MXFP4 (4-bit values
+/// plus one scale byte per 32) when `mxfp4`, everything else at the compute dtype.
+fn weights_from_config(mc: &Config, elem: u64, mxfp4: bool) -> u64 {
+    let (h, i, e) = (
+        mc.hidden_size as u64,
+        mc.intermediate_size as u64,
+        mc.num_local_experts as u64,
+    );
+    let (hq, hkv, d) = (
+        mc.num_attention_heads as u64,
+        mc.num_key_value_heads as u64,
+        mc.head_dim as u64,
+    );
+    let expert_matrices = e * 3 * i * h;
+    let experts = if mxfp4 {
+        expert_matrices * 17 / 32
+    } else {
+        expert_matrices * elem
+    };
+    let expert_biases = e * (2 * i + h) * elem;
+    let attention = (2 * hq * d * h + 2 * hkv * d * h + (hq + 2 * hkv) * d + h + hq) * elem;
+    let router_norms = (h * e + e + 2 * h) * elem;
+    let per_layer = experts + expert_biases + attention + router_norms;
+    let embeddings = (2 * mc.vocab_size as u64 * h + h) * elem;
+    per_layer * mc.num_hidden_layers as u64 + embeddings
+}
+
 /// Predicts the peak memory of training `cfg` on the model in `model_dir`.
 pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let mc = Config::from_model_dir(model_dir)?;
     let elem: u64 = if cfg.model.dtype == "f32" { 4 } else { 2 };
-    let (weights, packed) = weight_bytes(model_dir, elem)?;
-    let quantized = packed > 0;
+    let (mut weights, packed) = weight_bytes(model_dir, elem)?;
+    let mut quantized = packed > 0;
+    if weights == 0 {
+        // A folder with only config.json (planning before downloading): count from shapes.
+        let mxfp4 = mc
+            .quantization_config
+            .as_ref()
+            .and_then(|q| q.get("quant_method"))
+            .and_then(|m| m.as_str())
+            == Some("mxfp4");
+        weights = weights_from_config(&mc, elem, mxfp4);
+        quantized = mxfp4;
+    }
     let (h, i, e, k) = (
         mc.hidden_size as u64,
         mc.intermediate_size as u64,
@@ -164,7 +208,11 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let tokens = b * t;
     let n_targets = cfg.lora.targets.len() as u64;
     // Floats kept per token per layer (see the module docs for what they are).
-    let per_token = 8 * h + 4 * (hq + 2 * hkv) * d + 3 * hq * t + k * (3 * h + 10 * i) + 3 * e
+    let per_token = 8 * h
+        + 4 * (hq + 2 * hkv) * d
+        + 3 * hq * t
+        + k * (3 * h + 10 * i)
+        + 3 * e
         + 4 * r * n_targets;
     let layer_act = tokens * per_token * elem;
     // Experts a micro-batch touches: at most E per layer (all of them once B·T·k ≥ E).
@@ -172,7 +220,12 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let dense_expert_layer = used * 3 * i * h * elem;
     let deq_layer = if quantized { dense_expert_layer } else { 0 };
     let attn_w = (2 * hq * d * h + 2 * hkv * d * h + e * h) * elem;
-    let frozen_grad_layer = dense_expert_layer + attn_w;
+    // The model's constant-weight linear (no weight gradient) covers CPU f32 only.
+    let frozen_grad_layer = if cfg.model.device == "cpu" && elem == 4 {
+        0
+    } else {
+        dense_expert_layer + attn_w
+    };
     let checkpointing = cfg.train.activation_checkpointing;
     let (activations, backward) = if checkpointing {
         (
@@ -180,10 +233,13 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
             frozen_grad_layer,
         )
     } else {
-        (n_layers * (layer_act + deq_layer), n_layers * frozen_grad_layer)
+        (
+            n_layers * (layer_act + deq_layer),
+            n_layers * frozen_grad_layer,
+        )
     };
     let chunk = b * (cfg.train.loss_chunk as u64).min(t);
-    let loss_chunk = chunk * v * 4 * 6 + v * h * 4;
+    let loss_chunk = chunk * v * 4 * 4;
     Ok(Plan {
         weights,
         lora,

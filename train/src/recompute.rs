@@ -19,7 +19,13 @@ use candle_core::{Tensor, Var};
 use osstune_model::model::Block;
 use osstune_model::{ops, GptOss};
 
-fn block_forward(model: &GptOss, block: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+fn block_forward(
+    model: &GptOss,
+    block: &Block,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
     let eps = model.cfg.rms_norm_eps;
     let h = ops::rms_norm(x, &block.input_norm, eps)?;
     let x = (x + block.attn.forward(&h, cos, sin, 0, None)?)?;

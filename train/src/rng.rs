@@ -16,7 +16,9 @@ impl SplitMix64 {
     /// epoch 3 does not depend on how many numbers earlier epochs drew.
     pub fn derive(seed: u64, purpose: u64, index: u64) -> Self {
         let mut r = Self::new(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        r.state ^= r.next_u64().wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.state ^= r
+            .next_u64()
+            .wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03));
         r.next_u64();
         r
     }

@@ -101,7 +101,9 @@ pub fn install_ctrlc(stop: Arc<AtomicBool>) -> Result<()> {
 pub enum Outcome {
     Finished,
     /// Stopped by the stop flag (Ctrl-C) after saving a checkpoint at this step.
-    Interrupted { step: usize },
+    Interrupted {
+        step: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +161,11 @@ impl Accum {
     fn norm(&self) -> Result<f64> {
         let mut s = 0f64;
         for g in self.grads.iter().flatten() {
-            s += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            s += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         Ok(s.sqrt())
     }
@@ -283,13 +289,16 @@ impl Trainer {
         let mut batcher = batcher;
         if resume {
             let dir = checkpoint::latest(out)?.with_context(|| {
-                format!("--resume: no checkpoint in {}", checkpoint::checkpoints_dir(out).display())
+                format!(
+                    "--resume: no checkpoint in {}",
+                    checkpoint::checkpoints_dir(out).display()
+                )
             })?;
             let saved = checkpoint::load_state(&dir)?;
             check_resume_config(&saved.config_toml, &state.config_toml, &dir)?;
             let loaded = Adapters::load(&dir, &all, &adapters.config.base_model, &model.device)?;
             adapters.assign_from(&loaded)?;
-            opt.load(&dir.join("optimizer"))
+            opt.load(dir.join("optimizer"))
                 .with_context(|| format!("restoring the optimizer from {}", dir.display()))?;
             batcher.cursor = saved.cursor;
             eprintln!("resuming from {} (step {})", dir.display(), saved.step);
@@ -413,7 +422,11 @@ impl Trainer {
         let mut last_valid = None;
         if self.state.step == 0 {
             if let Some((v, n)) = self.validate()? {
-                log.push(&Record::Valid { step: 0, loss: v, trained_tokens: n })?;
+                log.push(&Record::Valid {
+                    step: 0,
+                    loss: v,
+                    trained_tokens: n,
+                })?;
                 first_valid = Some(v);
                 last_valid = Some(v);
             }
@@ -435,8 +448,12 @@ impl Trainer {
         let elapsed0 = self.state.elapsed_s;
         while self.state.step < total {
             let ts = Instant::now();
-            let lr_muon = self.schedule.lr_at(self.state.step as u64, self.cfg.optim.muon.lr);
-            let lr_adamw = self.schedule.lr_at(self.state.step as u64, self.cfg.optim.adamw.lr);
+            let lr_muon = self
+                .schedule
+                .lr_at(self.state.step as u64, self.cfg.optim.muon.lr);
+            let lr_adamw = self
+                .schedule
+                .lr_at(self.state.step as u64, self.cfg.optim.adamw.lr);
             let (loss, norm, n_trained, n_tokens) = self.train_step()?;
             let dt = ts.elapsed().as_secs_f64();
             self.state.elapsed_s = elapsed0 + t0.elapsed().as_secs_f64();
@@ -455,10 +472,14 @@ impl Trainer {
             })?;
             pb.set_position(step as u64);
             pb.set_message(format!("loss {loss:.4} lr {lr_muon:.2e} {tps:.0} tok/s"));
-            let every = |n: usize| n > 0 && step % n == 0 && step < total;
+            let every = |n: usize| n > 0 && step.is_multiple_of(n) && step < total;
             if every(self.cfg.train.val_every) {
                 if let Some((v, n)) = self.validate()? {
-                    log.push(&Record::Valid { step, loss: v, trained_tokens: n })?;
+                    log.push(&Record::Valid {
+                        step,
+                        loss: v,
+                        trained_tokens: n,
+                    })?;
                     last_valid = Some(v);
                     pb.println(format!("step {step}: validation loss {v:.4}"));
                 }
@@ -474,7 +495,11 @@ impl Trainer {
         }
         pb.finish();
         if let Some((v, n)) = self.validate()? {
-            log.push(&Record::Valid { step: total, loss: v, trained_tokens: n })?;
+            log.push(&Record::Valid {
+                step: total,
+                loss: v,
+                trained_tokens: n,
+            })?;
             last_valid = Some(v);
         }
         self.save_checkpoint()?;

@@ -21,7 +21,8 @@ fn fixture_adapter(dir: &Path) -> (GptOss, Adapters) {
     let cfg = TrainConfig::load(None, &["lora.rank=4".into(), "lora.alpha=8.0".into()]).unwrap();
     let shapes = select_targets(&target_shapes(&model), &cfg.lora.targets, 0, 2).unwrap();
     let ad = Adapters::init(shapes, &cfg, base_info(&model), &Device::Cpu).unwrap();
-    let init = read_safetensors(&fixtures().join("adapter_init.safetensors"), &Device::Cpu).unwrap();
+    let init =
+        read_safetensors(&fixtures().join("adapter_init.safetensors"), &Device::Cpu).unwrap();
     for (n, v) in ad.named_vars() {
         v.set(&init[&n]).unwrap();
     }
@@ -31,7 +32,14 @@ fn fixture_adapter(dir: &Path) -> (GptOss, Adapters) {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// scale · B·A per module, from an osstune adapter folder.
@@ -58,8 +66,11 @@ fn peft_export_matches_reference_layout() {
     let dst = tmp.path().join("peft");
     export(&src, &dst, Format::Peft).unwrap();
     let ours = read_safetensors(&dst.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
-    let reference =
-        read_safetensors(&fixtures().join("peft/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let reference = read_safetensors(
+        &fixtures().join("peft/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(ours.len(), reference.len());
     for (n, r) in &reference {
         let o = ours.get(n).unwrap_or_else(|| panic!("export lacks {n}"));
@@ -94,7 +105,10 @@ fn mlx_round_trip_and_wrong_base() {
     // LoRALinear is [in, r] / [r, out]; LoRASwitchLinear keeps [E, r, in] / [E, out, r].
     assert_eq!(m["model.layers.0.self_attn.q_proj.lora_a"].dims(), &[64, 4]);
     assert_eq!(m["model.layers.0.self_attn.q_proj.lora_b"].dims(), &[4, 64]);
-    assert_eq!(m["model.layers.1.mlp.experts.down_proj.lora_a"].dims(), &[4, 4, 32]);
+    assert_eq!(
+        m["model.layers.1.mlp.experts.down_proj.lora_a"].dims(),
+        &[4, 4, 32]
+    );
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dst.join("adapter_config.json")).unwrap())
             .unwrap();
@@ -118,6 +132,12 @@ fn mlx_round_trip_and_wrong_base() {
     let msg = format!("{e:#}");
     assert!(msg.contains("refusing") && msg.contains("0000"), "{msg}");
     // The right base loads, with the saved values.
-    let l = Adapters::load(&src, &target_shapes(&model), &base_info(&model), &Device::Cpu).unwrap();
+    let l = Adapters::load(
+        &src,
+        &target_shapes(&model),
+        &base_info(&model),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(l.num_params(), ad.num_params());
 }

@@ -33,7 +33,10 @@ fn setup() -> (GptOss, Adapters, MicroBatch, Parity) {
     let mut model = GptOss::load(dir.join("model"), &Device::Cpu, DType::F32).unwrap();
     let cfg = TrainConfig::load(
         None,
-        &[format!("lora.rank={}", p.rank), format!("lora.alpha={}", p.alpha)],
+        &[
+            format!("lora.rank={}", p.rank),
+            format!("lora.alpha={}", p.alpha),
+        ],
     )
     .unwrap();
     let shapes = select_targets(
@@ -72,8 +75,8 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn loss_and_gradients_match_peft() {
     let (mut model, ad, mb, p) = setup();
-    let grads_ref = read_safetensors(&fixtures().join("parity_grads.safetensors"), &Device::Cpu)
-        .unwrap();
+    let grads_ref =
+        read_safetensors(&fixtures().join("parity_grads.safetensors"), &Device::Cpu).unwrap();
     let n = mb.n_trained() as f64;
     let bt = BatchTensors::new(&mb, &Device::Cpu).unwrap();
     let vars = ad.vars();
@@ -92,21 +95,39 @@ fn loss_and_gradients_match_peft() {
         );
         let mut worst = (0.0, String::new());
         for (name, v) in ad.named_vars() {
-            let g = gs.get(v.as_tensor()).unwrap_or_else(|| panic!("{what}: no grad for {name}"));
+            let g = gs
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{what}: no grad for {name}"));
             let e = rel_err(g, &grads_ref[&name]);
             if e > worst.0 {
                 worst = (e, name.clone());
             }
             assert!(e <= 1e-4, "{what}: {name}: relative error {e:.2e}");
         }
-        eprintln!("{what}: loss {l:.6} (PEFT {:.6}); worst gradient rel. error {:.2e} ({})", p.loss, worst.0, worst.1);
+        eprintln!(
+            "{what}: loss {l:.6} (PEFT {:.6}); worst gradient rel. error {:.2e} ({})",
+            p.loss, worst.0, worst.1
+        );
     }
     // Every target kind is covered, A and B both have nonzero gradients.
     for t in ALL_TARGETS {
-        let name = ad.pairs.iter().find(|q| q.shape.target == t).unwrap().shape.name.clone();
+        let name = ad
+            .pairs
+            .iter()
+            .find(|q| q.shape.target == t)
+            .unwrap()
+            .shape
+            .name
+            .clone();
         for s in ["lora_a", "lora_b"] {
             let r = &grads_ref[&format!("{name}.{s}")];
-            let m = r.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let m = r
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(m > 1e-6, "{name}.{s}: reference gradient is zero");
         }
     }

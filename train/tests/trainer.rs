@@ -76,12 +76,20 @@ fn validation_loss_falls() {
     let data = tmp.path().join("data");
     write_data(&data, 48, 8);
     let out = tmp.path().join("out");
-    let mut t = trainer(config(&["train.steps=30", "train.val_every=10"]), &data, &out, false);
+    let mut t = trainer(
+        config(&["train.steps=30", "train.val_every=10"]),
+        &data,
+        &out,
+        false,
+    );
     let s = t.run(&RunOptions::default()).unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
     let (first, last) = (s.first_valid_loss.unwrap(), s.last_valid_loss.unwrap());
     eprintln!("validation loss {first:.4} -> {last:.4}");
-    assert!(last < 0.7 * first, "validation loss did not fall: {first} -> {last}");
+    assert!(
+        last < 0.7 * first,
+        "validation loss did not fall: {first} -> {last}"
+    );
     // Outputs: adapters, metrics with every step, the loss curve.
     assert!(out.join("adapters.safetensors").exists() && out.join("adapter_config.json").exists());
     let recs = read_records(&out.join("metrics.jsonl")).unwrap();
@@ -118,7 +126,10 @@ fn resume_is_bit_identical() {
     let s = trainer(config(&[]), &data, &b, false).run(&stop()).unwrap();
     assert_eq!(s.outcome, Outcome::Interrupted { step: 1 });
     let s = trainer(config(&[]), &data, &b, true)
-        .run(&RunOptions { resume: true, ..stop() })
+        .run(&RunOptions {
+            resume: true,
+            ..stop()
+        })
         .unwrap();
     assert_eq!(s.outcome, Outcome::Interrupted { step: 2 });
     let s = trainer(config(&[]), &data, &b, true)
@@ -128,7 +139,11 @@ fn resume_is_bit_identical() {
         })
         .unwrap();
     assert_eq!(s.outcome, Outcome::Finished);
-    assert_eq!(adapters_bytes(&a), adapters_bytes(&b), "resumed adapters differ");
+    assert_eq!(
+        adapters_bytes(&a),
+        adapters_bytes(&b),
+        "resumed adapters differ"
+    );
     // The metrics of the resumed run equal the uninterrupted one's (except timings).
     let strip = |p: &Path| -> Vec<(usize, f64)> {
         read_records(&p.join("metrics.jsonl"))
@@ -175,7 +190,13 @@ fn nan_loss_stops_and_keeps_last_checkpoint() {
     assert!(last.ends_with("step-000001"), "{}", last.display());
     let w = read_safetensors(&last.join(WEIGHTS_FILE), &Device::Cpu).unwrap();
     for (n, t) in w {
-        let s = t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let s = t
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(s.is_finite(), "{n} not finite in the kept checkpoint");
     }
 }

@@ -85,10 +85,13 @@ fn bench(a: &Args, model_dir: &std::path::Path) -> Result<()> {
             format!("lora.alpha={}", a.alpha),
             format!("optim.muon.lr={}", a.lr),
             format!("train.micro_batch={}", a.batch),
-            format!("train.grad_accum=1"),
+            "train.grad_accum=1".to_string(),
             format!("data.max_seq_len={}", a.seq + 1),
             format!("train.loss_chunk={}", a.loss_chunk),
-            format!("train.activation_checkpointing={}", a.activation_checkpointing),
+            format!(
+                "train.activation_checkpointing={}",
+                a.activation_checkpointing
+            ),
         ],
     )?;
     let shapes = select_targets(

@@ -151,7 +151,10 @@ impl<'t> ChannelStream<'t> {
         if let Some(p) = self.parser.take() {
             self.kept = p.into_messages();
         }
-        self.out("\n[output is not Harmony; raw text follows]\n")?;
+        if self.line_open {
+            self.out("\n")?;
+        }
+        self.out("[output is not Harmony; raw text follows]\n")?;
         let from = self.header_start.unwrap_or(self.ids.len() - 1);
         let rest = self.ids[from..].to_vec();
         self.raw(&rest)?;

@@ -1,0 +1,173 @@
+//! CPU fast path of a dense projection with its LoRA: `y = x Wᵀ + b + s·(x Aᵀ) Bᵀ` as one
+//! autograd op with inputs `(x, A, B)`.
+//!
+//! The composed version is seven graph nodes (base linear, two transposes, two matmuls, the
+//! scale, the add); each costs a zero-filled gradient buffer and an add in candle's backward,
+//! and candle's matmul backward also materializes transposed copies. Here `W`/`b` are
+//! constants captured by the op (no gradient, as in `ops::linear`) and the backward forms
+//! `dx`, `dA`, `dB` directly with five small GEMMs.
+
+use crate::grouped::gemm_rs;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+
+type CResult<T> = candle_core::Result<T>;
+
+fn cpu_slice<'a>(s: &'a Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("fused lora linear: {what} must be contiguous f32 on the CPU"),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("fused lora linear: {what} must be contiguous f32"),
+    }
+}
+
+struct LoraLinearOp {
+    /// `[out, in]` f32, contiguous, on the CPU.
+    weight: Tensor,
+    /// `[out]` f32.
+    bias: Option<Tensor>,
+    scale: f32,
+}
+
+impl CustomOp3 for LoraLinearOp {
+    fn name(&self) -> &'static str {
+        "osstune-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "input")?;
+        let a = slice(s2, l2, "lora_a")?;
+        let b = slice(s3, l3, "lora_b")?;
+        let (m, inp) = l1.shape().dims2()?;
+        let (r, in_a) = l2.shape().dims2()?;
+        let (out, r_b) = l3.shape().dims2()?;
+        let (ws, wl) = self.weight.storage_and_layout();
+        let w = cpu_slice(&ws, wl, "weight")?;
+        if in_a != inp || r_b != r || w.len() != out * inp {
+            candle_core::bail!(
+                "fused lora linear: x {:?}, A {:?}, B {:?}, W {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims(),
+                wl.dims()
+            );
+        }
+        let mut dst = match &self.bias {
+            Some(bias) => {
+                let (bs, bl) = bias.storage_and_layout();
+                let bv = cpu_slice(&bs, bl, "bias")?;
+                if bv.len() != out {
+                    candle_core::bail!("fused lora linear: bias {:?} for {out} outputs", bl.dims());
+                }
+                let mut d = Vec::with_capacity(m * out);
+                for _ in 0..m {
+                    d.extend_from_slice(bv);
+                }
+                d
+            }
+            None => vec![0f32; m * out],
+        };
+        // dst += x Wᵀ ; t = x Aᵀ ; dst += s · t Bᵀ
+        gemm_rs(&mut dst, true, (m, out, inp), x, (inp, 1), w, (1, inp), 1.0);
+        let mut t = vec![0f32; m * r];
+        gemm_rs(&mut t, false, (m, r, inp), x, (inp, 1), a, (1, inp), 1.0);
+        gemm_rs(
+            &mut dst,
+            true,
+            (m, out, r),
+            &t,
+            (r, 1),
+            b,
+            (1, r),
+            self.scale,
+        );
+        Ok((CpuStorage::F32(dst), Shape::from((m, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, inp) = x.dims2()?;
+        let (r, _) = a.dims2()?;
+        let (out, _) = b.dims2()?;
+        let g = g.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (as_, al) = a.storage_and_layout();
+        let (bs, bl) = b.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (ws, wl) = self.weight.storage_and_layout();
+        let xv = cpu_slice(&xs, xl, "input")?;
+        let av = cpu_slice(&as_, al, "lora_a")?;
+        let bv = cpu_slice(&bs, bl, "lora_b")?;
+        let gv = cpu_slice(&gs, gl, "gradient")?;
+        let w = cpu_slice(&ws, wl, "weight")?;
+        let s = self.scale;
+        let mut t = vec![0f32; m * r];
+        let mut dt = vec![0f32; m * r];
+        let mut da = vec![0f32; r * inp];
+        let mut db = vec![0f32; out * r];
+        let mut dx = vec![0f32; m * inp];
+        // t = x Aᵀ ; dB = s · gᵀ t ; dt = s · g B ; dA = dtᵀ x ; dx = g W + dt A
+        gemm_rs(&mut t, false, (m, r, inp), xv, (inp, 1), av, (1, inp), 1.0);
+        gemm_rs(&mut db, false, (out, r, m), gv, (1, out), &t, (r, 1), s);
+        gemm_rs(&mut dt, false, (m, r, out), gv, (out, 1), bv, (r, 1), s);
+        gemm_rs(&mut da, false, (r, inp, m), &dt, (1, r), xv, (inp, 1), 1.0);
+        gemm_rs(
+            &mut dx,
+            false,
+            (m, inp, out),
+            gv,
+            (out, 1),
+            w,
+            (inp, 1),
+            1.0,
+        );
+        gemm_rs(&mut dx, true, (m, inp, r), &dt, (r, 1), av, (inp, 1), 1.0);
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (m, inp), dev)?),
+            Some(Tensor::from_vec(da, (r, inp), dev)?),
+            Some(Tensor::from_vec(db, (out, r), dev)?),
+        ))
+    }
+}
+
+/// `Some(x Wᵀ + b + scale·(x Aᵀ) Bᵀ)` for `x [m, in]` when everything is contiguous f32 on the
+/// CPU; `None` when the caller must take the device-generic path.
+pub fn try_lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> CResult<Option<Tensor>> {
+    let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    if !(ok(x) && ok(weight) && ok(a) && ok(b) && bias.is_none_or(ok)) {
+        return Ok(None);
+    }
+    let op = LoraLinearOp {
+        weight: weight.clone(),
+        bias: bias.cloned(),
+        scale: scale as f32,
+    };
+    x.apply_op3(a, b, op).map(Some)
+}

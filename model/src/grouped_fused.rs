@@ -1,0 +1,214 @@
+//! Grouped expert projection with its LoRA deltas in the same op:
+//! `ys[rows of e] = xs[rows] · W_eᵀ + b_e + Σ_p s_p · (xs[rows] · A_e[p]ᵀ) · B_e[p]ᵀ`
+//! written into the output columns of part `p`.
+//!
+//! gate/up share one `[M, 2I]` output (gate columns, then up columns) with separate
+//! adapters; as `GroupedLinear` + two `GroupedLora` + `cat` + add that is five `[M, 2I]`
+//! tensors forward and as many zero-filled gradients and adds backward. Here the adapters'
+//! A are stacked along the rank axis (`[E, R, in]`, R = Σ r_p) and their B along the output
+//! axis (`[E, Σ out_p, r]`, a cheap `cat` of the Vars, differentiable), and one op does
+//! everything. Gradients: xs, A and B; the base weights are constants, as in `GroupedLinear`.
+
+use crate::experts::ExpertMat;
+use crate::grouped::{f32_slice, gemm_ld, gemm_rs, with_expert, Segments};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// One adapter of a grouped projection: output columns `col..col+len`, rank columns
+/// `rank0..rank0+r` of the stacked A, rows `brow..brow+len` of the stacked B.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraPart {
+    pub col: usize,
+    pub len: usize,
+    pub rank0: usize,
+    pub brow: usize,
+    pub scale: f32,
+}
+
+fn cpu(s: &candle_core::Storage) -> CResult<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("grouped lora linear: expected CPU tensors"),
+    }
+}
+
+pub struct GroupedLinearLora {
+    pub mat: ExpertMat,
+    /// `[E, out]` f32
+    pub bias: Tensor,
+    pub segs: Segments,
+    pub parts: Vec<LoraPart>,
+    /// Rank of every part.
+    pub rank: usize,
+}
+
+impl GroupedLinearLora {
+    fn check(&self, out: usize, r_total: usize, b_rows: usize, r: usize) -> CResult<()> {
+        let bad = r != self.rank
+            || self.parts.iter().any(|p| {
+                p.col + p.len > out || p.rank0 + self.rank > r_total || p.brow + p.len > b_rows
+            });
+        if bad {
+            candle_core::bail!("grouped lora linear: parts do not fit A/B/output shapes");
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for GroupedLinearLora {
+    fn name(&self) -> &'static str {
+        "osstune-grouped-linear-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let a = f32_slice(s2, l2)?;
+        let b = f32_slice(s3, l3)?;
+        let (m, inp) = l1.shape().dims2()?;
+        let (_, rt, in_a) = l2.shape().dims3()?;
+        let (_, brows, r) = l3.shape().dims3()?;
+        let (out, in2) = self.mat.out_in();
+        if inp != in2 || in_a != inp {
+            candle_core::bail!("grouped lora linear: input {inp} vs expert {in2} / A {in_a}");
+        }
+        self.check(out, rt, brows, r)?;
+        let bias = self.bias.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = vec![0f32; m * out];
+        let mut t = Vec::new();
+        for &(e, start, len) in &self.segs {
+            let d = &mut dst[start * out..(start + len) * out];
+            for row in d.chunks_mut(out) {
+                row.copy_from_slice(&bias[e * out..(e + 1) * out]);
+            }
+            let xr = &x[start * inp..(start + len) * inp];
+            with_expert(&self.mat, e, |w| {
+                gemm_rs(d, true, (len, out, inp), xr, (inp, 1), w, (1, inp), 1.0)
+            })?;
+            // t = x A_eᵀ for all parts at once, then each part's B into its columns.
+            t.clear();
+            t.resize(len * rt, 0.0);
+            let ae = &a[e * rt * inp..(e + 1) * rt * inp];
+            gemm_rs(
+                &mut t,
+                false,
+                (len, rt, inp),
+                xr,
+                (inp, 1),
+                ae,
+                (1, inp),
+                1.0,
+            );
+            let be = &b[e * brows * r..(e + 1) * brows * r];
+            for p in &self.parts {
+                gemm_ld(
+                    &mut d[p.col..],
+                    out,
+                    true,
+                    (len, p.len, r),
+                    &t[p.rank0..],
+                    (rt, 1),
+                    &be[p.brow * r..],
+                    (1, r),
+                    p.scale,
+                );
+            }
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((m, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, inp) = x.dims2()?;
+        let (ne, rt, _) = a.dims3()?;
+        let (_, brows, r) = b.dims3()?;
+        let (out, _) = self.mat.out_in();
+        let g = g.contiguous()?.to_dtype(DType::F32)?;
+        let (xs, xl) = x.storage_and_layout();
+        let (as_, al) = a.storage_and_layout();
+        let (bs, bl) = b.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let xv = f32_slice(cpu(&xs)?, xl)?;
+        let av = f32_slice(cpu(&as_)?, al)?;
+        let bv = f32_slice(cpu(&bs)?, bl)?;
+        let gv = f32_slice(cpu(&gs)?, gl)?;
+        let mut dx = vec![0f32; m * inp];
+        let mut da = vec![0f32; ne * rt * inp];
+        let mut db = vec![0f32; ne * brows * r];
+        let (mut t, mut dt) = (Vec::new(), Vec::new());
+        for &(e, start, len) in &self.segs {
+            let xr = &xv[start * inp..(start + len) * inp];
+            let gr = &gv[start * out..(start + len) * out];
+            let ae = &av[e * rt * inp..(e + 1) * rt * inp];
+            let be = &bv[e * brows * r..(e + 1) * brows * r];
+            t.clear();
+            t.resize(len * rt, 0.0);
+            dt.clear();
+            dt.resize(len * rt, 0.0);
+            // t = x Aᵀ ; per part: dB_p += s gₚᵀ tₚ, dtₚ = s gₚ B_p ; dA += dtᵀ x ;
+            // dx = g W + dt A
+            gemm_rs(
+                &mut t,
+                false,
+                (len, rt, inp),
+                xr,
+                (inp, 1),
+                ae,
+                (1, inp),
+                1.0,
+            );
+            let dbe = &mut db[e * brows * r..(e + 1) * brows * r];
+            for p in &self.parts {
+                let gp = &gr[p.col..];
+                gemm_rs(
+                    &mut dbe[p.brow * r..(p.brow + p.len) * r],
+                    true,
+                    (p.len, r, len),
+                    gp,
+                    (1, out),
+                    &t[p.rank0..],
+                    (rt, 1),
+                    p.scale,
+                );
+                gemm_ld(
+                    &mut dt[p.rank0..],
+                    rt,
+                    false,
+                    (len, r, p.len),
+                    gp,
+                    (out, 1),
+                    &be[p.brow * r..],
+                    (r, 1),
+                    p.scale,
+                );
+            }
+            let dae = &mut da[e * rt * inp..(e + 1) * rt * inp];
+            gemm_rs(dae, true, (rt, inp, len), &dt, (1, rt), xr, (inp, 1), 1.0);
+            let dxr = &mut dx[start * inp..(start + len) * inp];
+            with_expert(&self.mat, e, |w| {
+                gemm_rs(dxr, false, (len, inp, out), gr, (out, 1), w, (inp, 1), 1.0)
+            })?;
+            gemm_rs(dxr, true, (len, inp, rt), &dt, (rt, 1), ae, (inp, 1), 1.0);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (m, inp), dev)?),
+            Some(Tensor::from_vec(da, a.dims(), dev)?),
+            Some(Tensor::from_vec(db, b.dims(), dev)?),
+        ))
+    }
+}
