@@ -6,6 +6,7 @@ use std::process::Command;
 #[test]
 fn demo_runs_the_whole_pipeline() {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-e2e");
+    let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(env!("CARGO_BIN_EXE_osstune"))
         .args(["demo", "--steps", "6", "--max-tokens", "8", "--out"])
         .arg(&out)
@@ -42,4 +43,23 @@ fn demo_runs_the_whole_pipeline() {
     assert!(stdout.contains("train loss"), "{stdout}");
     assert!(stdout.contains("valid loss"), "{stdout}");
     assert!(stdout.contains("demo finished"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_to_replace_a_folder_it_did_not_write() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-not-ours");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "keep me").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_osstune"))
+        .args(["demo", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run osstune demo");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not an earlier demo's output"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "keep me"
+    );
 }

@@ -45,10 +45,29 @@ fn s(p: &Path) -> String {
 
 pub fn run(a: Args) -> Result<()> {
     let out = a.out;
+    let sessions = a.sessions.unwrap_or_else(|| PathBuf::from(SESSIONS_DIR));
+    if !sessions.exists() {
+        anyhow::bail!(
+            "sample sessions not found at {} (the demo reads them from the source checkout it was built from); pass --sessions DIR",
+            sessions.display()
+        );
+    }
+    // Re-running the demo replaces its own earlier output, and nothing else.
+    let marker = out.join(".osstune-demo");
     if out.exists() {
+        let empty = std::fs::read_dir(&out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty && !marker.exists() {
+            anyhow::bail!(
+                "{} exists and is not an earlier demo's output; choose another --out",
+                out.display()
+            );
+        }
         std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(&marker, "").with_context(|| format!("cannot write {}", marker.display()))?;
     let base = out.join("base");
     let data = out.join("data");
     let adapters = out.join("adapters");
@@ -56,7 +75,6 @@ pub fn run(a: Args) -> Result<()> {
     let config = out.join("tiny.toml");
     std::fs::write(&config, TINY_CONFIG)
         .with_context(|| format!("cannot write {}", config.display()))?;
-    let sessions = a.sessions.unwrap_or_else(|| PathBuf::from(SESSIONS_DIR));
     let total = Instant::now();
 
     let args = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
