@@ -132,7 +132,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads.max(1))
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads.max(1))
             || self.num_key_value_heads == 0
         {
             bail!(
