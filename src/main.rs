@@ -63,7 +63,22 @@ pub(crate) fn run_args(args: &[String]) -> anyhow::Result<()> {
     execute(cli.command)
 }
 
+/// Training allocates and frees many multi-MB activation buffers per step. glibc's dynamic
+/// thresholds hand large ones back to the kernel (munmap / trim) and map them afresh, so the
+/// kernel zeroes new pages every step. Pinning the mmap threshold at its maximum (32 MB) and
+/// trimming only above 512 MB gave ~10–15% more training tokens/s on the bench preset
+/// (`osstune bench train`, A/B runs).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator thresholds; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = execute(cli.command) {
         eprintln!("error: {e:#}");
