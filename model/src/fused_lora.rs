@@ -8,6 +8,7 @@
 //! `dx`, `dA`, `dB` directly with five small GEMMs.
 
 use crate::grouped::gemm_rs;
+use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
@@ -16,13 +17,6 @@ fn cpu_slice<'a>(s: &'a Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("fused lora linear: {what} must be contiguous f32 on the CPU"),
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused lora linear: {what} must be contiguous f32"),
     }
 }
 
@@ -48,9 +42,9 @@ impl CustomOp3 for LoraLinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "input")?;
-        let a = slice(s2, l2, "lora_a")?;
-        let b = slice(s3, l3, "lora_b")?;
+        let x = contiguous_f32(s1, l1, "fused lora linear input")?;
+        let a = contiguous_f32(s2, l2, "fused lora linear lora_a")?;
+        let b = contiguous_f32(s3, l3, "fused lora linear lora_b")?;
         let (m, inp) = l1.shape().dims2()?;
         let (r, in_a) = l2.shape().dims2()?;
         let (out, r_b) = l3.shape().dims2()?;

@@ -8,6 +8,7 @@
 
 use crate::experts::ExpertMat;
 use crate::mxfp4;
+use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
@@ -84,13 +85,6 @@ pub(crate) fn gemm_ld(
     }
 }
 
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("grouped op: expected contiguous f32"),
-    }
-}
-
 /// Runs `f` on expert `e`'s `[out, in]` f32 row-major weights.
 pub(crate) fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     let (out, inp) = mat.out_in();
@@ -154,7 +148,7 @@ impl CustomOp1 for GroupedLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32(s, l, "grouped op")?;
         let (m, inp) = l.shape().dims2()?;
         let (out, in2) = self.mat.out_in();
         if inp != in2 {
@@ -214,9 +208,9 @@ impl CustomOp3 for GroupedLora {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let a = f32_slice(s2, l2)?;
-        let b = f32_slice(s3, l3)?;
+        let x = contiguous_f32(s1, l1, "grouped op")?;
+        let a = contiguous_f32(s2, l2, "grouped op")?;
+        let b = contiguous_f32(s3, l3, "grouped op")?;
         let (m, inp) = l1.shape().dims2()?;
         let (_, r, _) = l2.shape().dims3()?;
         let (_, out, _) = l3.shape().dims3()?;

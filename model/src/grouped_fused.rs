@@ -10,7 +10,8 @@
 //! everything. Gradients: xs, A and B; the base weights are constants, as in `GroupedLinear`.
 
 use crate::experts::ExpertMat;
-use crate::grouped::{f32_slice, gemm_ld, gemm_rs, with_expert, Segments};
+use crate::grouped::{gemm_ld, gemm_rs, with_expert, Segments};
+use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
@@ -70,9 +71,9 @@ impl CustomOp3 for GroupedLinearLora {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let a = f32_slice(s2, l2)?;
-        let b = f32_slice(s3, l3)?;
+        let x = contiguous_f32(s1, l1, "grouped op")?;
+        let a = contiguous_f32(s2, l2, "grouped op")?;
+        let b = contiguous_f32(s3, l3, "grouped op")?;
         let (m, inp) = l1.shape().dims2()?;
         let (_, rt, in_a) = l2.shape().dims3()?;
         let (_, brows, r) = l3.shape().dims3()?;
@@ -142,10 +143,10 @@ impl CustomOp3 for GroupedLinearLora {
         let (as_, al) = a.storage_and_layout();
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let xv = f32_slice(cpu(&xs)?, xl)?;
-        let av = f32_slice(cpu(&as_)?, al)?;
-        let bv = f32_slice(cpu(&bs)?, bl)?;
-        let gv = f32_slice(cpu(&gs)?, gl)?;
+        let xv = contiguous_f32(cpu(&xs)?, xl, "grouped op")?;
+        let av = contiguous_f32(cpu(&as_)?, al, "grouped op")?;
+        let bv = contiguous_f32(cpu(&bs)?, bl, "grouped op")?;
+        let gv = contiguous_f32(cpu(&gs)?, gl, "grouped op")?;
         let mut dx = vec![0f32; m * inp];
         let mut da = vec![0f32; ne * rt * inp];
         let mut db = vec![0f32; ne * brows * r];

@@ -7,6 +7,7 @@
 //! is 0 and adding 0 to the row sum changes nothing), and the backward is one pass over
 //! `(y, g)` instead of four candle ops. Other devices/dtypes fall back to mask + candle ops.
 
+use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,13 +58,6 @@ impl CausalMask {
             return Ok(None);
         }
         Tensor::from_vec(m, (t, tk), dev)?.to_dtype(dtype).map(Some)
-    }
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: expected contiguous f32"),
     }
 }
 

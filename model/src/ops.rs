@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: expected f32"),
