@@ -7,7 +7,7 @@
 //! is 0 and adding 0 to the row sum changes nothing), and the backward is one pass over
 //! `(y, g)` instead of four candle ops. Other devices/dtypes fall back to mask + candle ops.
 
-use crate::ops::contiguous_f32;
+use crate::ops::{contiguous_f32, sink_softmax_row};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -92,15 +92,7 @@ impl CustomOp2 for MaskedSinkSoftmax {
                 let sink = sinks[bh % h];
                 for (i, (dr, sr)) in d.chunks_mut(n).zip(s.chunks(n)).enumerate() {
                     let (lo, hi) = mask.range(i, n);
-                    let (dr, sr) = (&mut dr[lo..hi], &sr[lo..hi]);
-                    let m = sr.iter().fold(sink, |a, &b| a.max(b));
-                    let mut sum = (sink - m).exp();
-                    for (o, &v) in dr.iter_mut().zip(sr) {
-                        *o = (v - m).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    dr.iter_mut().for_each(|o| *o *= inv);
+                    sink_softmax_row(&mut dr[lo..hi], &sr[lo..hi], sink);
                 }
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))

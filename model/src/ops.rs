@@ -21,6 +21,19 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> C
     }
 }
 
+/// Softmax of one row of scores `sr` with the learned sink as an extra (dropped) column,
+/// written to `dr`.
+pub(crate) fn sink_softmax_row(dr: &mut [f32], sr: &[f32], sink: f32) {
+    let m = sr.iter().fold(sink, |a, &b| a.max(b));
+    let mut sum = (sink - m).exp();
+    for (o, &v) in dr.iter_mut().zip(sr) {
+        *o = (v - m).exp();
+        sum += *o;
+    }
+    let inv = 1.0 / sum;
+    dr.iter_mut().for_each(|o| *o *= inv);
+}
+
 /// candle's thread count, read once: `get_num_threads` parses the environment (and, without
 /// `RAYON_NUM_THREADS`, /proc/cpuinfo) on every call, which showed up at ~3% of a step.
 pub(crate) fn num_threads() -> usize {
@@ -245,14 +258,7 @@ impl CustomOp2 for SinkSoftmax {
             .for_each(|(bh, (d, s))| {
                 let sink = sinks[bh % h];
                 for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
-                    let m = sr.iter().fold(sink, |a, &b| a.max(b));
-                    let mut sum = (sink - m).exp();
-                    for (o, &v) in dr.iter_mut().zip(sr) {
-                        *o = (v - m).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    dr.iter_mut().for_each(|o| *o *= inv);
+                    sink_softmax_row(dr, sr, sink);
                 }
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
