@@ -1,17 +1,13 @@
 //! Bad checkpoints give clear errors (never panics), and sharded checkpoints load through
 //! the index.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_abs};
 use osstune_model::checkpoint::Checkpoint;
 use osstune_model::{Cache, Config, GptOss};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/model")
-        .join(name)
-}
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("osstune-model-err-{tag}-{}", std::process::id()));
@@ -227,16 +223,7 @@ fn sharded_checkpoint_via_index() {
     .unwrap();
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let got = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap();
-    let err = (got - &r["logits"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = max_abs(&got, &r["logits"]);
     assert!(err <= 1e-4, "{err}");
     let ck = Checkpoint::open(&d).unwrap();
     assert!(

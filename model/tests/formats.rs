@@ -1,29 +1,12 @@
 //! MXFP4 and MLX-affine decoding against known byte patterns, and the MLX layout of the
 //! parity fixture giving the transformers logits.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::{fixture, max_abs};
 use osstune_model::{mxfp4, quant, Cache, GptOss};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/model")
-        .join(name)
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 #[test]
 fn mxfp4_known_bytes() {

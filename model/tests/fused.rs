@@ -1,7 +1,9 @@
 //! The fused CPU ops (LoRA linear, masked sink softmax) against the device-generic candle-op
 //! compositions they replace: same values and same gradients.
 
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs;
 use osstune_model::linear::Linear;
 use osstune_model::masked_softmax::{masked_sink_softmax, CausalMask};
 use osstune_model::{ops, LoraLinear};
@@ -20,19 +22,6 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
         })
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

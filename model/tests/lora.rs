@@ -1,11 +1,12 @@
 //! LoRA attachment: targets, zero-B no-op, B≠0 changes the logits, gradients reach A and B.
 
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs;
 use osstune_model::{Cache, GptOss, LoraLinear, SwitchLora};
-use std::path::PathBuf;
 
 fn model() -> GptOss {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/model/dense");
+    let dir = common::fixture("dense");
     GptOss::load(dir, &Device::Cpu, DType::F32).unwrap()
 }
 
@@ -36,19 +37,6 @@ fn rand_var(shape: &[usize], std: f64) -> Var {
         })
         .collect();
     Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// Attaches an adapter to every target; B is zero or random.

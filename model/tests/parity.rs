@@ -1,31 +1,13 @@
 //! Golden parity with transformers' GptOssForCausalLM (fixtures/model, written by
 //! scripts/gen_model_fixtures.py): full-forward logits, KV-cached decoding, greedy tokens.
 
+mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::{fixture, max_abs};
 use osstune_model::{Cache, GptOss};
-use std::path::PathBuf;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/model")
-        .join(name)
-}
 
 fn reference(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 
