@@ -1,6 +1,7 @@
 //! gpt-oss attention (spec §1.4): biased q/k/v/o, GQA, half-split YaRN RoPE, learned sinks,
 //! causal mask with an optional sliding window of W keys including the query itself.
 
+use crate::fused_attention::try_fused_attention;
 use crate::linear::Linear;
 use crate::masked_softmax::{masked_sink_softmax, CausalMask};
 use crate::ops;
@@ -56,9 +57,25 @@ impl Attention {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.q_proj.forward(x)?, hq)?;
-        let k = heads(self.k_proj.forward(x)?, hkv)?;
-        let v = heads(self.v_proj.forward(x)?, hkv)?;
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        if cache.is_none() {
+            let mask = CausalMask {
+                q0: offset,
+                k0: offset,
+                window: self.window,
+            };
+            let shape = (hq, hkv, d);
+            if let Some(o) = try_fused_attention(&q, &k, &v, cos, sin, &self.sinks, shape, mask)? {
+                return self.o_proj.forward(&o);
+            }
+        }
+        let q = heads(q, hq)?;
+        let k = heads(k, hkv)?;
+        let v = heads(v, hkv)?;
         let (cos, sin) = if dtype == DType::F32 {
             (cos.clone(), sin.clone())
         } else {

@@ -10,6 +10,7 @@ use crate::experts::ExpertMat;
 use crate::mxfp4;
 use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -18,11 +19,67 @@ pub type Segments = Vec<(usize, usize, usize)>;
 
 fn threads(work: usize) -> gemm::Parallelism {
     let n = crate::ops::num_threads();
-    if n > 1 && work > 1 << 16 {
+    // Inside a rayon task (`for_segments`, the fused attention's blocks) the caller already
+    // keeps every thread busy: nested splitting would only add synchronisation.
+    if n > 1 && work > 1 << 16 && rayon::current_thread_index().is_none() {
         gemm::Parallelism::Rayon(n)
     } else {
         gemm::Parallelism::None
     }
+}
+
+/// Runs `f` on every segment's work item: one segment per rayon task when there are enough
+/// to keep the threads busy (their gemms then run single-threaded, see `threads`), else in
+/// order with each gemm split across threads. Segment-level tasks need no synchronisation
+/// inside a segment's handful of small matmuls, which is where per-gemm splitting lost time.
+pub(crate) fn for_segments<T: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> CResult<()> + Sync + Send,
+) -> CResult<()> {
+    if items.len() >= 2 * crate::ops::num_threads() {
+        items.into_par_iter().try_for_each(f)
+    } else {
+        items.into_iter().try_for_each(f)
+    }
+}
+
+/// Splits a row-major `[M, width]` buffer into each segment's rows, in `segs` order (which
+/// must be ascending and non-overlapping, as `Moe` builds them).
+pub(crate) fn segment_rows<'a>(
+    mut buf: &'a mut [f32],
+    width: usize,
+    segs: &Segments,
+) -> CResult<Vec<&'a mut [f32]>> {
+    let mut out = Vec::with_capacity(segs.len());
+    let mut at = 0;
+    for &(_, start, len) in segs {
+        if start < at || (start + len - at) * width > buf.len() {
+            candle_core::bail!("grouped op: segments out of order or out of range");
+        }
+        let (_, tail) = std::mem::take(&mut buf).split_at_mut((start - at) * width);
+        let (mine, tail) = tail.split_at_mut(len * width);
+        out.push(mine);
+        buf = tail;
+        at = start + len;
+    }
+    Ok(out)
+}
+
+/// Each segment's expert block of a `[E, size]` buffer (each expert appears at most once).
+pub(crate) fn segment_experts<'a>(
+    buf: &'a mut [f32],
+    size: usize,
+    segs: &Segments,
+) -> CResult<Vec<&'a mut [f32]>> {
+    let mut blocks: Vec<Option<&mut [f32]>> = buf.chunks_mut(size.max(1)).map(Some).collect();
+    segs.iter()
+        .map(
+            |&(e, _, _)| match blocks.get_mut(e).and_then(Option::take) {
+                Some(b) => Ok(b),
+                None => candle_core::bail!("grouped op: expert {e} repeated or out of range"),
+            },
+        )
+        .collect()
 }
 
 /// dst[m×n] (row-major, += if `acc`) = beta · a[m×k] · b[k×n], with explicit (row, col)
@@ -54,12 +111,42 @@ pub(crate) fn gemm_ld(
     (b_rs, b_cs): (usize, usize),
     beta: f32,
 ) {
+    let par = threads(m * n * k);
+    gemm_par(
+        par,
+        dst,
+        dst_rs,
+        acc,
+        (m, n, k),
+        a,
+        (a_rs, a_cs),
+        b,
+        (b_rs, b_cs),
+        beta,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_par(
+    par: gemm::Parallelism,
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    beta: f32,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
-    // SAFETY: callers pass slices that cover every (row, col) addressed by the strides; the
-    // dst extent is checked above.
+    assert!(k == 0 || (a.len() > (m - 1) * a_rs + (k - 1) * a_cs));
+    assert!(k == 0 || (b.len() > (k - 1) * b_rs + (n - 1) * b_cs));
+    // SAFETY: every (row, col) addressed through the strides lies inside the slices, as
+    // checked above.
     unsafe {
         gemm::gemm(
             m,
@@ -80,7 +167,7 @@ pub(crate) fn gemm_ld(
             false,
             false,
             false,
-            threads(m * n * k),
+            par,
         )
     }
 }
@@ -156,8 +243,11 @@ impl CustomOp1 for GroupedLinear {
         }
         let bias = self.bias.flatten_all()?.to_vec1::<f32>()?;
         let mut dst = vec![0f32; m * out];
-        for &(e, start, len) in &self.segs {
-            let d = &mut dst[start * out..(start + len) * out];
+        let items = self
+            .segs
+            .iter()
+            .zip(segment_rows(&mut dst, out, &self.segs)?);
+        for_segments(items.collect(), |(&(e, start, len), d)| {
             for row in d.chunks_mut(out) {
                 row.copy_from_slice(&bias[e * out..(e + 1) * out]);
             }
@@ -165,8 +255,8 @@ impl CustomOp1 for GroupedLinear {
             // W_eᵀ as a [in, out] matrix: element (k, j) = W[j, k].
             with_expert(&self.mat, e, |w| {
                 gemm_rs(d, true, (len, out, inp), xr, (inp, 1), w, (1, inp), 1.0)
-            })?;
-        }
+            })
+        })?;
         Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
 
@@ -176,14 +266,17 @@ impl CustomOp1 for GroupedLinear {
         let (m, inp) = x.dims2()?;
         let (out, _) = self.mat.out_in();
         let mut dx = vec![0f32; m * inp];
-        for &(e, start, len) in &self.segs {
-            let d = &mut dx[start * inp..(start + len) * inp];
+        let items = self
+            .segs
+            .iter()
+            .zip(segment_rows(&mut dx, inp, &self.segs)?);
+        for_segments(items.collect(), |(&(e, start, len), d)| {
             let gr = &gv[start * out..(start + len) * out];
             // dx = g · W_e
             with_expert(&self.mat, e, |w| {
                 gemm_rs(d, false, (len, inp, out), gr, (out, 1), w, (inp, 1), 1.0)
-            })?;
-        }
+            })
+        })?;
         Ok(Some(Tensor::from_vec(dx, (m, inp), x.device())?))
     }
 }
@@ -215,10 +308,12 @@ impl CustomOp3 for GroupedLora {
         let (_, r, _) = l2.shape().dims3()?;
         let (_, out, _) = l3.shape().dims3()?;
         let mut dst = vec![0f32; m * out];
-        let mut t = Vec::new();
-        for &(e, start, len) in &self.segs {
-            t.clear();
-            t.resize(len * r, 0.0);
+        let items = self
+            .segs
+            .iter()
+            .zip(segment_rows(&mut dst, out, &self.segs)?);
+        for_segments(items.collect(), |(&(e, start, len), d)| {
+            let mut t = vec![0f32; len * r];
             let xr = &x[start * inp..(start + len) * inp];
             let ae = &a[e * r * inp..(e + 1) * r * inp];
             let be = &b[e * out * r..(e + 1) * out * r];
@@ -232,9 +327,9 @@ impl CustomOp3 for GroupedLora {
                 (1, inp),
                 1.0,
             );
-            let d = &mut dst[start * out..(start + len) * out];
             gemm_rs(d, false, (len, out, r), &t, (r, 1), be, (1, r), self.scale);
-        }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
 
@@ -259,16 +354,20 @@ impl CustomOp3 for GroupedLora {
             vec![0f32; ne * out * r],
         );
         let s = self.scale;
-        let (mut t, mut dt) = (Vec::new(), Vec::new());
-        for &(e, start, len) in &self.segs {
+        let items = self.segs.iter().zip(
+            segment_rows(&mut dx, inp, &self.segs)?.into_iter().zip(
+                segment_experts(&mut da, r * inp, &self.segs)?
+                    .into_iter()
+                    .zip(segment_experts(&mut db, out * r, &self.segs)?),
+            ),
+        );
+        for_segments(items.collect(), |(&(e, start, len), (dxr, (dae, dbe)))| {
             let xr = &xv[start * inp..(start + len) * inp];
             let gr = &gv[start * out..(start + len) * out];
             let ae = &av[e * r * inp..(e + 1) * r * inp];
             let be = &bv[e * out * r..(e + 1) * out * r];
-            t.clear();
-            t.resize(len * r, 0.0);
-            dt.clear();
-            dt.resize(len * r, 0.0);
+            let mut t = vec![0f32; len * r];
+            let mut dt = vec![0f32; len * r];
             // t = x Aᵀ ; dB += s · gᵀ t ; dt = s · g B ; dA += dtᵀ x ; dx = dt A
             gemm_rs(
                 &mut t,
@@ -280,14 +379,12 @@ impl CustomOp3 for GroupedLora {
                 (1, inp),
                 1.0,
             );
-            let dbe = &mut db[e * out * r..(e + 1) * out * r];
             gemm_rs(dbe, true, (out, r, len), gr, (1, out), &t, (r, 1), s);
             gemm_rs(&mut dt, false, (len, r, out), gr, (out, 1), be, (r, 1), s);
-            let dae = &mut da[e * r * inp..(e + 1) * r * inp];
             gemm_rs(dae, true, (r, inp, len), &dt, (1, r), xr, (inp, 1), 1.0);
-            let dxr = &mut dx[start * inp..(start + len) * inp];
             gemm_rs(dxr, false, (len, inp, r), &dt, (r, 1), ae, (inp, 1), 1.0);
-        }
+            Ok(())
+        })?;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (m, inp), dev)?),

@@ -10,7 +10,9 @@
 //! everything. Gradients: xs, A and B; the base weights are constants, as in `GroupedLinear`.
 
 use crate::experts::ExpertMat;
-use crate::grouped::{gemm_ld, gemm_rs, with_expert, Segments};
+use crate::grouped::{
+    for_segments, gemm_ld, gemm_rs, segment_experts, segment_rows, with_expert, Segments,
+};
 use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -84,9 +86,11 @@ impl CustomOp3 for GroupedLinearLora {
         self.check(out, rt, brows, r)?;
         let bias = self.bias.flatten_all()?.to_vec1::<f32>()?;
         let mut dst = vec![0f32; m * out];
-        let mut t = Vec::new();
-        for &(e, start, len) in &self.segs {
-            let d = &mut dst[start * out..(start + len) * out];
+        let items = self
+            .segs
+            .iter()
+            .zip(segment_rows(&mut dst, out, &self.segs)?);
+        for_segments(items.collect(), |(&(e, start, len), d)| {
             for row in d.chunks_mut(out) {
                 row.copy_from_slice(&bias[e * out..(e + 1) * out]);
             }
@@ -95,8 +99,7 @@ impl CustomOp3 for GroupedLinearLora {
                 gemm_rs(d, true, (len, out, inp), xr, (inp, 1), w, (1, inp), 1.0)
             })?;
             // t = x A_eᵀ for all parts at once, then each part's B into its columns.
-            t.clear();
-            t.resize(len * rt, 0.0);
+            let mut t = vec![0f32; len * rt];
             let ae = &a[e * rt * inp..(e + 1) * rt * inp];
             gemm_rs(
                 &mut t,
@@ -122,7 +125,8 @@ impl CustomOp3 for GroupedLinearLora {
                     p.scale,
                 );
             }
-        }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
 
@@ -150,16 +154,20 @@ impl CustomOp3 for GroupedLinearLora {
         let mut dx = vec![0f32; m * inp];
         let mut da = vec![0f32; ne * rt * inp];
         let mut db = vec![0f32; ne * brows * r];
-        let (mut t, mut dt) = (Vec::new(), Vec::new());
-        for &(e, start, len) in &self.segs {
+        let items = self.segs.iter().zip(
+            segment_rows(&mut dx, inp, &self.segs)?.into_iter().zip(
+                segment_experts(&mut da, rt * inp, &self.segs)?
+                    .into_iter()
+                    .zip(segment_experts(&mut db, brows * r, &self.segs)?),
+            ),
+        );
+        for_segments(items.collect(), |(&(e, start, len), (dxr, (dae, dbe)))| {
             let xr = &xv[start * inp..(start + len) * inp];
             let gr = &gv[start * out..(start + len) * out];
             let ae = &av[e * rt * inp..(e + 1) * rt * inp];
             let be = &bv[e * brows * r..(e + 1) * brows * r];
-            t.clear();
-            t.resize(len * rt, 0.0);
-            dt.clear();
-            dt.resize(len * rt, 0.0);
+            let mut t = vec![0f32; len * rt];
+            let mut dt = vec![0f32; len * rt];
             // t = x Aᵀ ; per part: dB_p += s gₚᵀ tₚ, dtₚ = s gₚ B_p ; dA += dtᵀ x ;
             // dx = g W + dt A
             gemm_rs(
@@ -172,7 +180,6 @@ impl CustomOp3 for GroupedLinearLora {
                 (1, inp),
                 1.0,
             );
-            let dbe = &mut db[e * brows * r..(e + 1) * brows * r];
             for p in &self.parts {
                 let gp = &gr[p.col..];
                 gemm_rs(
@@ -197,14 +204,13 @@ impl CustomOp3 for GroupedLinearLora {
                     p.scale,
                 );
             }
-            let dae = &mut da[e * rt * inp..(e + 1) * rt * inp];
             gemm_rs(dae, true, (rt, inp, len), &dt, (1, rt), xr, (inp, 1), 1.0);
-            let dxr = &mut dx[start * inp..(start + len) * inp];
             with_expert(&self.mat, e, |w| {
                 gemm_rs(dxr, false, (len, inp, out), gr, (out, 1), w, (inp, 1), 1.0)
             })?;
             gemm_rs(dxr, true, (len, inp, rt), &dt, (rt, 1), ae, (inp, 1), 1.0);
-        }
+            Ok(())
+        })?;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (m, inp), dev)?),

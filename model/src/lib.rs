@@ -6,8 +6,11 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod combine;
 pub mod config;
+pub mod dropout;
 pub mod experts;
+pub mod fused_attention;
 pub mod fused_lora;
 pub mod generation;
 pub mod grouped;
@@ -26,5 +29,6 @@ pub mod sampling;
 pub mod tiny;
 
 pub use config::Config;
+pub use dropout::LoraDropout;
 pub use lora::{LoraAdapter, LoraLinear, LoraTarget, SwitchLora};
 pub use model::{Cache, GptOss};

@@ -32,23 +32,23 @@ impl Linear {
         let (out, inp) = self.out_in();
         let mut shape = x.dims().to_vec();
         let x2 = x.reshape(((), inp))?;
-        let fused = match &self.lora {
-            Some(l) => crate::fused_lora::try_lora_linear(
+        let base = || crate::ops::linear(&x2, &self.weight, self.bias.as_ref());
+        let y = match &self.lora {
+            None => base()?,
+            // LoRA dropout (training only): the base reads x, the LoRA path dropout(x), so
+            // the fused op, which feeds one input to both, does not apply.
+            Some(l) if l.dropout.is_some() => (base()? + l.delta(&l.lora_input(&x2)?)?)?,
+            Some(l) => match crate::fused_lora::try_lora_linear(
                 &x2,
                 &self.weight,
                 self.bias.as_ref(),
                 l.a.as_tensor(),
                 l.b.as_tensor(),
                 l.scale,
-            )?,
-            None => None,
-        };
-        let y = match (fused, &self.lora) {
-            (Some(y), _) => y,
-            (None, Some(l)) => {
-                (crate::ops::linear(&x2, &self.weight, self.bias.as_ref())? + l.delta(&x2)?)?
-            }
-            (None, None) => crate::ops::linear(&x2, &self.weight, self.bias.as_ref())?,
+            )? {
+                Some(y) => y,
+                None => (base()? + l.delta(&x2)?)?,
+            },
         };
         let last = shape.len() - 1;
         shape[last] = out;

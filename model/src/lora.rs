@@ -5,7 +5,11 @@
 //! Experts carry one (A, B) pair per expert stacked on a leading axis. `A` and `B` are
 //! `candle_core::Var`s owned by the trainer: the model only reads them, so gradients of a loss
 //! computed through the model reach them via candle's autograd.
+//!
+//! `dropout` is LoRA dropout (see `dropout.rs`): `None` except inside training micro-steps,
+//! where `GptOss::set_lora_dropout` sets it and the LoRA path then reads `lora_input(x)`.
 
+use crate::dropout::LoraDropout;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 
@@ -43,6 +47,8 @@ pub struct LoraLinear {
     /// `[out, r]`
     pub b: Var,
     pub scale: f64,
+    /// Training-time dropout on the LoRA input; `None` runs the fused path.
+    pub dropout: Option<LoraDropout>,
 }
 
 impl LoraLinear {
@@ -56,11 +62,24 @@ impl LoraLinear {
                 b.dims()
             );
         }
-        Ok(Self { a, b, scale })
+        Ok(Self {
+            a,
+            b,
+            scale,
+            dropout: None,
+        })
     }
 
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
+    }
+
+    /// What the low-rank path reads: `x`, or `dropout(x)` (rows numbered 0..) while training.
+    pub fn lora_input(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.dropout {
+            None => Ok(x.clone()),
+            Some(d) => d.apply(x, None),
+        }
     }
 
     pub fn in_dim(&self) -> usize {
@@ -95,6 +114,8 @@ pub struct SwitchLora {
     /// `[E, out, r]`
     pub b: Var,
     pub scale: f64,
+    /// Training-time dropout on the gathered LoRA inputs; `None` runs the fused path.
+    pub dropout: Option<LoraDropout>,
 }
 
 impl SwitchLora {
@@ -108,11 +129,25 @@ impl SwitchLora {
                 b.dims()
             );
         }
-        Ok(Self { a, b, scale })
+        Ok(Self {
+            a,
+            b,
+            scale,
+            dropout: None,
+        })
     }
 
     pub fn experts(&self) -> usize {
         self.a.dims()[0]
+    }
+
+    /// What the low-rank path reads for gathered rows `x [n, in]` whose routing slots
+    /// (token · k + j) are `slots`: `x`, or `dropout(x)` while training.
+    pub fn lora_input(&self, x: &Tensor, slots: &[u32]) -> Result<Tensor> {
+        match &self.dropout {
+            None => Ok(x.clone()),
+            Some(d) => d.apply(x, Some(slots)),
+        }
     }
 
     pub fn rank(&self) -> usize {

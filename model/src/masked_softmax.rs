@@ -7,7 +7,7 @@
 //! is 0 and adding 0 to the row sum changes nothing), and the backward is one pass over
 //! `(y, g)` instead of four candle ops. Other devices/dtypes fall back to mask + candle ops.
 
-use crate::ops::{contiguous_f32, sink_softmax_row};
+use crate::ops::{contiguous_f32, simd, sink_softmax_row};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -92,7 +92,7 @@ impl CustomOp2 for MaskedSinkSoftmax {
                 let sink = sinks[bh % h];
                 for (i, (dr, sr)) in d.chunks_mut(n).zip(s.chunks(n)).enumerate() {
                     let (lo, hi) = mask.range(i, n);
-                    sink_softmax_row(&mut dr[lo..hi], &sr[lo..hi], sink);
+                    simd(|| sink_softmax_row(&mut dr[lo..hi], &sr[lo..hi], sink));
                 }
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))

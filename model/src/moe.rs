@@ -8,6 +8,7 @@
 //! LoRA deltas apply to the same gathered tokens. Everything is candle ops, so gradients
 //! reach router and expert LoRA weights; the routing indices themselves carry no gradient.
 
+use crate::combine::combine;
 use crate::experts::ExpertMat;
 use crate::grouped::{GroupedLinear, GroupedLora, Segments};
 use crate::grouped_fused::{GroupedLinearLora, LoraPart};
@@ -100,7 +101,7 @@ impl Moe {
 
     /// All routed rows in expert order through one op per projection (see `grouped`).
     fn forward_grouped(&self, x: &Tensor, weights: &Tensor, routing: &Routing) -> Result<Tensor> {
-        let (n, h) = x.dims2()?;
+        let n = x.dim(0)?;
         let dev = x.device();
         let inter = self.intermediate();
         let mut segs = Vec::new();
@@ -115,13 +116,13 @@ impl Moe {
         }
         let m = tokens.len();
         let tok_t = Tensor::from_vec(tokens, m, dev)?;
-        let slot_t = Tensor::from_vec(slots, m, dev)?;
         let xs = x.index_select(&tok_t, 0)?;
         let lora = |l: &SwitchLora, inp: &Tensor| -> Result<Tensor> {
             let op = GroupedLora {
                 segs: segs.clone(),
                 scale: l.scale as f32,
             };
+            let inp = l.lora_input(inp, &slots)?;
             Ok(inp.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?)
         };
         let gate_up = [(&self.gate_lora, 0), (&self.up_lora, inter)];
@@ -163,15 +164,19 @@ impl Moe {
                 y
             }
         };
-        let w = weights.index_select(&slot_t, 0)?.unsqueeze(1)?;
-        let y = y.broadcast_mul(&w)?;
-        let zeros = Tensor::zeros((n, h), DType::F32, dev)?;
-        Ok(zeros.index_add(&tok_t, &y, 0)?)
+        if n * self.top_k != m {
+            bail!(
+                "internal: {m} routed rows for {n} tokens × top-{}",
+                self.top_k
+            );
+        }
+        Ok(combine(&y, weights, &slots, self.top_k)?)
     }
 
     /// One `GroupedLinearLora` op for a projection and the adapters on its column blocks
-    /// (`(adapter, first output column)`); `None` when no adapter is attached or their ranks
-    /// differ (the caller then composes `GroupedLinear` and `GroupedLora`).
+    /// (`(adapter, first output column)`); `None` when no adapter is attached, their ranks
+    /// differ or LoRA dropout is on (the caller then composes `GroupedLinear` and
+    /// `GroupedLora`, the latter on the dropped-out rows).
     fn fused_proj(
         &self,
         x: &Tensor,
@@ -188,7 +193,10 @@ impl Moe {
             return Ok(None);
         };
         let rank = first.rank();
-        if present.iter().any(|(l, _)| l.rank() != rank) {
+        if present
+            .iter()
+            .any(|(l, _)| l.rank() != rank || l.dropout.is_some())
+        {
             return Ok(None);
         }
         let (mut parts, mut a_list, mut b_list) = (Vec::new(), Vec::new(), Vec::new());
@@ -261,11 +269,11 @@ impl Moe {
             if self.gate_lora.is_some() || self.up_lora.is_some() {
                 let zeros = || Tensor::zeros((xe.dim(0)?, inter), dtype, dev);
                 let dg = match &self.gate_lora {
-                    Some(l) => l.delta(e, &xe)?,
+                    Some(l) => l.delta(e, &l.lora_input(&xe, slots)?)?,
                     None => zeros()?,
                 };
                 let du = match &self.up_lora {
-                    Some(l) => l.delta(e, &xe)?,
+                    Some(l) => l.delta(e, &l.lora_input(&xe, slots)?)?,
                     None => zeros()?,
                 };
                 u = (u + Tensor::cat(&[dg, du], 1)?)?;
@@ -274,7 +282,7 @@ impl Moe {
             let w2 = self.down.expert(e, dtype, dev)?;
             let mut y = ops::linear(&act, &w2, Some(&self.down_bias.get(e)?))?;
             if let Some(l) = &self.down_lora {
-                y = (y + l.delta(e, &act)?)?;
+                y = (y + l.delta(e, &l.lora_input(&act, slots)?)?)?;
             }
             let we = weights.index_select(&slot_t, 0)?.unsqueeze(1)?;
             outs.push(y.broadcast_mul(&we)?);

@@ -166,3 +166,173 @@ fn causal_mask_ranges() {
     assert_eq!(c.range(0, 4), (0, 3));
     assert_eq!(c.range(1, 4), (0, 4));
 }
+
+/// The composed attention core: heads split, RoPE, GQA by repeating K/V, masked sink softmax.
+fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    sinks: &Tensor,
+    (hq, hkv, d): (usize, usize, usize),
+    window: Option<usize>,
+) -> Tensor {
+    let (b, t, _) = q.dims3().unwrap();
+    let heads = |x: &Tensor, n: usize| {
+        x.reshape((b, t, n, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let q = ops::rope(&heads(q, hq), cos, sin).unwrap();
+    let k = ops::rope(&heads(k, hkv), cos, sin).unwrap();
+    let v = heads(v, hkv);
+    let idx: Vec<u32> = (0..hq).map(|h| (h / (hq / hkv)) as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+    let k = k.index_select(&idx, 1).unwrap();
+    let v = v.index_select(&idx, 1).unwrap();
+    let s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+    let mask = CausalMask {
+        q0: 0,
+        k0: 0,
+        window,
+    };
+    let p = masked_sink_softmax(&s, sinks, mask).unwrap();
+    p.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, t, hq * d))
+        .unwrap()
+}
+
+fn fused_attention_case(
+    b: usize,
+    t: usize,
+    (hq, hkv, d): (usize, usize, usize),
+    window: Option<usize>,
+) {
+    use osstune_model::fused_attention::try_fused_attention;
+    let q = Var::from_tensor(&randn(&[b, t, hq * d], 11)).unwrap();
+    let k = Var::from_tensor(&randn(&[b, t, hkv * d], 12)).unwrap();
+    let v = Var::from_tensor(&randn(&[b, t, hkv * d], 13)).unwrap();
+    let ang: Vec<f32> = (0..t * d / 2)
+        .map(|i| (i / (d / 2)) as f32 * 0.3 / (1 + i % (d / 2)) as f32)
+        .collect();
+    let ang = Tensor::from_vec(ang, (t, d / 2), &Device::Cpu).unwrap();
+    let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+    let sinks = (randn(&[hq], 14) * 4.0).unwrap();
+    let mask = CausalMask {
+        q0: 0,
+        k0: 0,
+        window,
+    };
+    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+    // Scaled-up q so the softmax is far from uniform.
+    let q4 = (qt * 4.0).unwrap();
+    let got = try_fused_attention(&q4, kt, vt, &cos, &sin, &sinks, (hq, hkv, d), mask)
+        .unwrap()
+        .expect("fast path applies to CPU f32");
+    let want = attention_reference(&q4, kt, vt, (&cos, &sin), &sinks, (hq, hkv, d), window);
+    let err = max_abs(&got, &want);
+    assert!(err < 2e-6, "T={t} window {window:?}: forward max |Δ| {err}");
+
+    let probe = randn(&[b, t, hq * d], 15);
+    let g = (got * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (want * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, x) in [("q", qt), ("k", kt), ("v", vt)] {
+        let (a, e) = (g.get(x).unwrap(), g_ref.get(x).unwrap());
+        let err = max_abs(a, e);
+        let scale = e
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 1e-2, "{name}: reference gradient vanishes");
+        assert!(
+            err < 1e-5 * scale.max(1.0),
+            "T={t} window {window:?}: d{name} max |Δ| {err}"
+        );
+    }
+}
+
+#[test]
+fn fused_attention_matches_composition() {
+    // Blocks of 256 score rows: T = 300 with 4 heads per KV head is 5 blocks, the last partial.
+    fused_attention_case(2, 300, (8, 2, 16), None);
+    fused_attention_case(2, 300, (8, 2, 16), Some(37));
+    fused_attention_case(1, 9, (2, 2, 4), Some(1)); // each query sees only itself
+    fused_attention_case(1, 40, (3, 1, 8), Some(200)); // window wider than the sequence
+}
+
+#[test]
+fn moe_combine_matches_composition() {
+    use osstune_model::combine::combine;
+    let (n, k, h) = (13, 3, 10);
+    // Rows in "expert order": slots shuffled by a fixed permutation.
+    let slots: Vec<u32> = (0..(n * k) as u32)
+        .map(|i| (i * 17 + 5) % (n * k) as u32)
+        .collect();
+    let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
+    let y = Var::from_tensor(&randn(&[n * k, h], 21)).unwrap();
+    let w = Var::from_tensor(&randn(&[n * k], 22)).unwrap();
+    let got = combine(y.as_tensor(), w.as_tensor(), &slots, k).unwrap();
+    let dev = Device::Cpu;
+    let slot_t = Tensor::new(slots.as_slice(), &dev).unwrap();
+    let tok_t = Tensor::new(tokens.as_slice(), &dev).unwrap();
+    let ws = w
+        .as_tensor()
+        .index_select(&slot_t, 0)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    let want = Tensor::zeros((n, h), DType::F32, &dev)
+        .unwrap()
+        .index_add(&tok_t, &y.as_tensor().broadcast_mul(&ws).unwrap(), 0)
+        .unwrap();
+    assert!(max_abs(&got, &want) < 1e-6);
+    let probe = randn(&[n, h], 23);
+    let g = (got * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (want * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for x in [y.as_tensor(), w.as_tensor()] {
+        let (a, e) = (g.get(x).unwrap(), g_ref.get(x).unwrap());
+        assert!(max_abs(a, e) < 1e-5, "gradient max |Δ| {}", max_abs(a, e));
+        assert!(
+            e.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 1e-2
+        );
+    }
+    // A slot used twice is refused, not silently mis-combined.
+    let mut bad = slots.clone();
+    bad[1] = bad[0];
+    assert!(combine(y.as_tensor(), w.as_tensor(), &bad, k).is_err());
+}

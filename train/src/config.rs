@@ -81,7 +81,8 @@ impl Default for DataSection {
 pub struct LoraSection {
     pub rank: usize,
     pub alpha: f64,
-    /// Dropout on the LoRA input (the base path never sees dropout).
+    /// Dropout on the LoRA input (the base path never sees dropout), training micro-steps
+    /// only; masks are seeded per (seed, step, micro-batch, adapter), see `trainer::dropout_seed`.
     pub dropout: f64,
     pub targets: Vec<String>,
     /// Adapt the last N decoder layers only (0 = all), as mlx-lm's `num_layers`.

@@ -255,7 +255,7 @@ fn export_peft(
         "base_model_name_or_path": null,
         "r": r2,
         "lora_alpha": cfg.alpha * (r2 as f64 / cfg.rank as f64),
-        "lora_dropout": 0.0,
+        "lora_dropout": cfg.dropout,
         "target_modules": target_modules,
         "target_parameters": target_parameters,
         "bias": "none",

@@ -26,6 +26,7 @@ use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
+use osstune_model::ops::{fast_exp, max_f32, simd, sum_f32};
 use osstune_model::GptOss;
 
 /// Inputs of a micro-batch as tensors.
@@ -67,22 +68,42 @@ fn fused_ce(
         .min(rows.max(1));
     let per = rows.div_ceil(threads.max(1)).max(1);
     let row_loss = |r: usize, g: Option<&mut [f32]>| -> f64 {
-        let x = &logits[r * v..(r + 1) * v];
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f64;
-        for &xi in x {
-            sum += ((xi - max) as f64).exp();
-        }
-        let t = targets[r] as usize;
-        let loss = (max as f64 + sum.ln() - x[t] as f64) * weights[r] as f64;
-        if let (Some(g), Some(sc)) = (g, scale) {
-            let k = (weights[r] as f64 * sc / sum) as f32;
-            for (gi, &xi) in g.iter_mut().zip(x) {
-                *gi = ((xi - max) as f64).exp() as f32 * k;
+        simd(|| {
+            let x = &logits[r * v..(r + 1) * v];
+            let max = max_f32(x, f32::NEG_INFINITY);
+            let t = targets[r] as usize;
+            // exp(x − max) once: into the gradient row when there is one (then scaled in
+            // place), else into a small scratch block. Partial sums are per 512-wide block, in
+            // f64 across blocks, so long vocabularies lose nothing to f32 accumulation.
+            let mut sum = 0f64;
+            let mut g = g.zip(scale);
+            match g.as_mut() {
+                Some((g, _)) => {
+                    for (gc, xc) in g.chunks_mut(512).zip(x.chunks(512)) {
+                        for (gi, &xi) in gc.iter_mut().zip(xc) {
+                            *gi = fast_exp(xi - max);
+                        }
+                        sum += sum_f32(gc) as f64;
+                    }
+                }
+                None => {
+                    let mut e = [0f32; 512];
+                    for xc in x.chunks(512) {
+                        for (ei, &xi) in e.iter_mut().zip(xc) {
+                            *ei = fast_exp(xi - max);
+                        }
+                        sum += sum_f32(&e[..xc.len()]) as f64;
+                    }
+                }
             }
-            g[t] -= (weights[r] as f64 * sc) as f32;
-        }
-        loss
+            let loss = (max as f64 + sum.ln() - x[t] as f64) * weights[r] as f64;
+            if let Some((g, sc)) = g {
+                let k = (weights[r] as f64 * sc / sum) as f32;
+                g.iter_mut().for_each(|gi| *gi *= k);
+                g[t] -= (weights[r] as f64 * sc) as f32;
+            }
+            loss
+        })
     };
     let total = std::thread::scope(|s| {
         let mut handles = Vec::new();

@@ -11,6 +11,9 @@
 //! Cost: one extra forward per layer; memory: one layer's graph plus L·B·T·H floats.
 //! The per-layer forward mirrors `osstune_model::model::Block::forward` (pre-norm attention,
 //! then pre-norm MoE, both residual); `tests` checks the gradients against the plain path.
+//! LoRA dropout needs nothing here: its masks are a pure function of the seed the trainer set
+//! for this micro-step (see `osstune_model::dropout`), so the recompute draws the same masks
+//! as the first forward.
 
 use crate::loss::{hidden_loss, BatchTensors};
 use anyhow::{Context, Result};

@@ -3,6 +3,11 @@
 //! grad-norm clipping, one Muon/AdamW step at the scheduled learning rate; validation at the
 //! start, every `val_every` steps and at the end; checkpoints every `save_every` steps and at
 //! the end; `metrics.jsonl` every step; `loss.svg` at the end.
+//!
+//! LoRA dropout (`lora.dropout` > 0) is switched on for each training micro-step only, with
+//! a seed that is a pure function of (run seed, step, micro-batch index) — see
+//! [`dropout_seed`] and `osstune_model::dropout` — so resumed runs and activation
+//! checkpointing's recompute draw the same masks, and validation never sees dropout.
 
 use crate::adapters::{select_targets, Adapters, BaseModelInfo, TargetShape};
 use crate::batches::{read_samples, sequential_batches, Batcher, MicroBatch};
@@ -11,12 +16,12 @@ use crate::config::TrainConfig;
 use crate::loss::{self, BatchTensors};
 use crate::metrics::{read_records, write_loss_svg, MetricsLog, Record};
 use crate::recompute;
-use crate::rng::SplitMix64;
+use crate::rng::{SplitMix64, PURPOSE_DROPOUT};
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
-use osstune_model::{GptOss, LoraLinear, SwitchLora};
+use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
 use osstune_optim::{Optimizer, Schedule};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,13 +238,6 @@ impl Trainer {
         resume: bool,
     ) -> Result<Self> {
         cfg.validate()?;
-        if cfg.lora.dropout > 0.0 {
-            bail!(
-                "lora.dropout = {} is not supported yet: the model's LoRA path has no dropout \
-                 hook (use 0, the recipe's value)",
-                cfg.lora.dropout
-            );
-        }
         let vocab = model.cfg.vocab_size;
         let max_len = cfg.data.max_seq_len;
         let (train, st) = read_samples(&data_dir.join("train.jsonl"), max_len, vocab)?;
@@ -279,7 +277,9 @@ impl Trainer {
         let mut state = TrainState {
             step: 0,
             cursor: Default::default(),
-            rng_state: SplitMix64::derive(cfg.train.seed, crate::rng::PURPOSE_DROPOUT, 0).state,
+            // Dropout masks are stateless (see `dropout_seed`); the field keeps the checkpoint
+            // format and records the run's dropout stream.
+            rng_state: SplitMix64::derive(cfg.train.seed, PURPOSE_DROPOUT, 0).state,
             tokens_seen: 0,
             trained_tokens_seen: 0,
             elapsed_s: 0.0,
@@ -322,7 +322,27 @@ impl Trainer {
         })
     }
 
-    fn micro_step(&self, mb: &MicroBatch, scale: f64) -> Result<(f64, GradStore)> {
+    /// Forward + backward of micro-batch `micro` of the current step. LoRA dropout, when
+    /// configured, is on for exactly this call.
+    fn micro_step(
+        &mut self,
+        micro: usize,
+        mb: &MicroBatch,
+        scale: f64,
+    ) -> Result<(f64, GradStore)> {
+        let p = self.cfg.lora.dropout;
+        if p == 0.0 {
+            return self.forward_backward(mb, scale);
+        }
+        let seed = dropout_seed(&self.cfg, self.state.step, micro);
+        self.model
+            .set_lora_dropout(Some(LoraDropout { p: p as f32, seed }));
+        let r = self.forward_backward(mb, scale);
+        self.model.set_lora_dropout(None);
+        r
+    }
+
+    fn forward_backward(&self, mb: &MicroBatch, scale: f64) -> Result<(f64, GradStore)> {
         let bt = BatchTensors::new(mb, &self.model.device)?;
         let chunk = self.cfg.train.loss_chunk;
         if self.cfg.train.activation_checkpointing {
@@ -358,10 +378,10 @@ impl Trainer {
         let scale = 1.0 / n_trained.max(1) as f64;
         let mut acc = Accum::new(self.vars.len());
         let mut loss_sum = 0.0;
-        for mb in &mbs {
+        for (i, mb) in mbs.iter().enumerate() {
             // A diverged run can fail inside the forward (the router refuses NaN logits):
             // report it like a non-finite loss.
-            let (l, gs) = self.micro_step(mb, scale).map_err(|e| {
+            let (l, gs) = self.micro_step(i, mb, scale).map_err(|e| {
                 let nan = format!("{e:#}").contains("NaN");
                 e.context(format!(
                     "step {}: {}the adapters were not updated; the last good checkpoint is \
@@ -526,6 +546,14 @@ impl Trainer {
             trainable_params: self.adapters.num_params(),
         }
     }
+}
+
+/// The LoRA-dropout seed of micro-batch `micro` of optimizer step `step` (0-based): a
+/// SplitMix64 stream derived from (run seed, dropout purpose, step · grad_accum + micro), so
+/// each micro-step draws fresh masks and any re-run of it (resume, recompute) the same ones.
+pub fn dropout_seed(cfg: &TrainConfig, step: usize, micro: usize) -> u64 {
+    let index = step as u64 * cfg.train.grad_accum as u64 + micro as u64;
+    SplitMix64::derive(cfg.train.seed, PURPOSE_DROPOUT, index).next_u64()
 }
 
 /// A resumed run must train the same thing: everything but paths and `train.steps` must be
