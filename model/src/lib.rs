@@ -16,6 +16,7 @@ pub mod generation;
 pub mod grouped;
 pub mod grouped_fused;
 pub mod linear;
+pub mod linear_ce;
 pub mod load;
 pub mod lora;
 pub mod masked_softmax;

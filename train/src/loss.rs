@@ -26,8 +26,9 @@ use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use osstune_model::ops::{fast_exp, max_f32, simd, sum_f32};
+use osstune_model::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy};
 use osstune_model::GptOss;
+use rayon::prelude::*;
 
 /// Inputs of a micro-batch as tensors.
 pub struct BatchTensors {
@@ -47,92 +48,44 @@ impl BatchTensors {
     }
 }
 
-/// Fused cross-entropy over rows of logits (host, f32): returns the summed weighted loss and,
-/// if `scale` is given, d loss / d logits = (softmax − onehot) · w · scale, in two passes over
-/// each row (the tensor-op version needs ~10 passes over [rows, V], which dominates a step
-/// when V = 201088). Rows are split over the available threads.
-fn fused_ce(
+/// Cross-entropy over rows of logits on the host (the device-generic path: logits come from
+/// candle): summed weighted loss and, with `scale`, d loss / d logits. Rows in parallel,
+/// losses added in row order (deterministic).
+fn host_ce(
     logits: &[f32],
     v: usize,
     targets: &[u32],
     weights: &[f32],
     scale: Option<f64>,
 ) -> (f64, Option<Vec<f32>>) {
-    let rows = targets.len();
-    let mut grad = scale.map(|_| vec![0f32; rows * v]);
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(rows.max(1));
-    let per = rows.div_ceil(threads.max(1)).max(1);
-    let row_loss = |r: usize, g: Option<&mut [f32]>| -> f64 {
-        simd(|| {
-            let x = &logits[r * v..(r + 1) * v];
-            let max = max_f32(x, f32::NEG_INFINITY);
-            let t = targets[r] as usize;
-            // exp(x − max) once: into the gradient row when there is one (then scaled in
-            // place), else into a small scratch block. Partial sums are per 512-wide block, in
-            // f64 across blocks, so long vocabularies lose nothing to f32 accumulation.
-            let mut sum = 0f64;
-            let mut g = g.zip(scale);
-            match g.as_mut() {
-                Some((g, _)) => {
-                    for (gc, xc) in g.chunks_mut(512).zip(x.chunks(512)) {
-                        for (gi, &xi) in gc.iter_mut().zip(xc) {
-                            *gi = fast_exp(xi - max);
-                        }
-                        sum += sum_f32(gc) as f64;
-                    }
-                }
-                None => {
-                    let mut e = [0f32; 512];
-                    for xc in x.chunks(512) {
-                        for (ei, &xi) in e.iter_mut().zip(xc) {
-                            *ei = fast_exp(xi - max);
-                        }
-                        sum += sum_f32(&e[..xc.len()]) as f64;
-                    }
-                }
-            }
-            let loss = (max as f64 + sum.ln() - x[t] as f64) * weights[r] as f64;
-            if let Some((g, sc)) = g {
-                let k = (weights[r] as f64 * sc / sum) as f32;
-                g.iter_mut().for_each(|gi| *gi *= k);
-                g[t] -= (weights[r] as f64 * sc) as f32;
-            }
-            loss
-        })
-    };
-    let total = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        let mut grad_chunks: Vec<Option<&mut [f32]>> = match grad.as_mut() {
-            Some(g) => g.chunks_mut(per * v).map(Some).collect(),
-            None => (0..rows.div_ceil(per)).map(|_| None).collect(),
-        };
-        for (ci, gc) in grad_chunks.drain(..).enumerate() {
-            let row_loss = &row_loss;
-            handles.push(s.spawn(move || {
-                let lo = ci * per;
-                let hi = (lo + per).min(rows);
-                let mut acc = 0f64;
-                let mut gc = gc;
-                for r in lo..hi {
-                    let g = gc
-                        .as_deref_mut()
-                        .map(|g| &mut g[(r - lo) * v..(r - lo + 1) * v]);
-                    acc += row_loss(r, g);
-                }
-                acc
-            }));
+    let row = |r: usize| (targets[r] as usize, weights[r]);
+    match scale {
+        Some(s) => {
+            let mut g = logits.to_vec();
+            let losses: Vec<f64> = g
+                .par_chunks_mut(v)
+                .enumerate()
+                .map(|(r, x)| ce_row_grad(x, row(r).0, row(r).1, s))
+                .collect();
+            (losses.iter().sum(), Some(g))
         }
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(f64::NAN))
-            .sum::<f64>()
-    });
-    (total, grad)
+        None => {
+            let losses: Vec<f64> = logits
+                .par_chunks(v)
+                .enumerate()
+                .map(|(r, x)| ce_row(x, row(r).0, row(r).1))
+                .collect();
+            (losses.iter().sum(), None)
+        }
+    }
+}
+
+/// Host f32 view of a CPU f32 tensor (contiguous), `None` otherwise.
+fn cpu_f32(t: &Tensor) -> Result<Option<Vec<f32>>> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(t.flatten_all()?.to_vec1()?))
 }
 
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
@@ -153,6 +106,24 @@ pub fn hidden_loss(
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
     let h2 = h.reshape((b * t, hd))?;
+    if let (Some(hv), Some(lm)) = (cpu_f32(&h2)?, cpu_f32(&model.lm_head)?) {
+        // CPU f32: gather the trained rows and run the fused lm_head + loss kernel.
+        let mut hs = Vec::with_capacity(rows.len() * hd);
+        for &r in &rows {
+            hs.extend_from_slice(&hv[r as usize * hd..(r as usize + 1) * hd]);
+        }
+        let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
+        let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
+        let (loss, dhs) = linear_cross_entropy(&hs, &lm, hd, &tg, &w, grad_scale)?;
+        let Some(dhs) = dhs else {
+            return Ok((loss, None));
+        };
+        let mut dh = vec![0f32; b * t * hd];
+        for (&r, g) in rows.iter().zip(dhs.chunks(hd)) {
+            dh[r as usize * hd..(r as usize + 1) * hd].copy_from_slice(g);
+        }
+        return Ok((loss, Some(Tensor::from_vec(dh, (b, t, hd), dev)?)));
+    }
     let v = model.cfg.vocab_size;
     let lm = model.lm_head.clone();
     let mut total = 0.0;
@@ -167,7 +138,7 @@ pub fn hidden_loss(
             .to_vec1()?;
         let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
         let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = fused_ce(&logits, v, &tg, &w, grad_scale);
+        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
         total += l;
         if let Some(g) = g {
             // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
