@@ -6,16 +6,18 @@
 //! - LoRA: f32 factors; gradients: the step's accumulator plus one micro-batch's (2×);
 //!   optimizer: one Muon momentum buffer per factor (every LoRA factor is ≥ 2-D);
 //! - activations of one micro-batch (B × T tokens) kept for backward, per layer: the
-//!   projections, the full [Hq, T, T] attention scores/probabilities (the model materialises
-//!   them for every layer, sliding ones included), the MoE intermediates of the k routed
+//!   projections, the attention state (on CPU f32 the fused attention keeps one
+//!   log-sum-exp per query row and head; elsewhere the composed path keeps [Hq, T, T] scores
+//!   and probabilities for every layer, sliding ones included), the MoE intermediates of the k routed
 //!   experts, and the LoRA intermediates; plus, with quantized experts, the dequantized
 //!   expert matrices the autograd graph holds until backward;
 //! - backward workspace: candle's matmul backward also forms the gradient of every frozen
 //!   matrix it multiplied by (it has no "requires_grad=False"); the model's `ops::linear`
 //!   avoids that on CPU f32, but its fallback (bf16, GPU) still does, so a dense copy of the
 //!   used weights exists at the end of backward there — counted for those cases;
-//! - the loss chunk: B × loss_chunk trained rows × V logits (tensor, host copy, gradient and
-//!   its tensor: 4 copies, see `loss.rs`).
+//! - the loss: on CPU f32 one block of ≤ 128 rows × V logits per thread (`linear_ce.rs`);
+//!   elsewhere B × loss_chunk trained rows × V logits (tensor, host copy, gradient and its
+//!   tensor: 4 copies, see `loss.rs`).
 //!
 //! With `activation_checkpointing` only one layer's activations (and dequantized experts, and
 //! frozen-weight gradients) exist at a time, plus the L layer inputs.
@@ -207,10 +209,14 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let t = cfg.data.max_seq_len as u64;
     let tokens = b * t;
     let n_targets = cfg.lora.targets.len() as u64;
+    // CPU f32 runs the fused kernels: attention keeps one log-sum-exp per query row and head
+    // instead of [T, T] scores and probabilities, and the loss never forms a whole chunk.
+    let fused_cpu = cfg.model.device == "cpu" && elem == 4;
+    let attn_per_head = if fused_cpu { 1 } else { 3 * t };
     // Floats kept per token per layer (see the module docs for what they are).
     let per_token = 8 * h
         + 4 * (hq + 2 * hkv) * d
-        + 3 * hq * t
+        + hq * attn_per_head
         + k * (3 * h + 10 * i)
         + 3 * e
         + 4 * r * n_targets;
@@ -238,8 +244,15 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
             n_layers * frozen_grad_layer,
         )
     };
-    let chunk = b * (cfg.train.loss_chunk as u64).min(t);
-    let loss_chunk = chunk * v * 4 * 4;
+    let loss_chunk = if fused_cpu {
+        // One block of ≤ 128 rows of logits per thread (linear_ce.rs), plus the gathered
+        // rows and their gradient.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let rows = ((8u64 << 20) / v.max(1)).clamp(8, 128);
+        threads * rows * v * 4 + 2 * tokens * h * 4
+    } else {
+        b * (cfg.train.loss_chunk as u64).min(t) * v * 4 * 4
+    };
     Ok(Plan {
         weights,
         lora,
