@@ -28,6 +28,7 @@ pub mod quant;
 pub mod rope;
 pub mod sampling;
 pub mod tiny;
+pub mod vecmath;
 
 pub use config::Config;
 pub use dropout::LoraDropout;

@@ -15,7 +15,7 @@
 //!   matrix it multiplied by (it has no "requires_grad=False"); the model's `ops::linear`
 //!   avoids that on CPU f32, but its fallback (bf16, GPU) still does, so a dense copy of the
 //!   used weights exists at the end of backward there — counted for those cases;
-//! - the loss: on CPU f32 one block of ≤ 128 rows × V logits per thread (`linear_ce.rs`);
+//! - the loss: on CPU f32 one block of ≤ 512 rows (≤ 8 M logits) per thread (`linear_ce.rs`);
 //!   elsewhere B × loss_chunk trained rows × V logits (tensor, host copy, gradient and its
 //!   tensor: 4 copies, see `loss.rs`).
 //!
@@ -248,7 +248,7 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
         // One block of ≤ 128 rows of logits per thread (linear_ce.rs), plus the gathered
         // rows and their gradient.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let rows = ((8u64 << 20) / v.max(1)).clamp(8, 128);
+        let rows = ((8u64 << 20) / v.max(1)).clamp(8, 512);
         threads * rows * v * 4 + 2 * tokens * h * 4
     } else {
         b * (cfg.train.loss_chunk as u64).min(t) * v * 4 * 4
