@@ -13,8 +13,9 @@ use crate::experts::ExpertMat;
 use crate::grouped::{
     for_segments, gemm_ld, gemm_rs, segment_experts, segment_rows, with_expert, Segments,
 };
-use crate::ops::contiguous_f32;
+use crate::ops::{contiguous_f32, simd, swiglu_row, swiglu_row_grad};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use std::sync::Mutex;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -44,6 +45,20 @@ pub struct GroupedLinearLora {
     pub parts: Vec<LoraPart>,
     /// Rank of every part.
     pub rank: usize,
+    /// gpt-oss's clamped SwiGLU applied to the `[gate | up]` output inside the op (the MoE's
+    /// gate/up projection): the op then returns the activation `[M, out/2]`. Each segment's
+    /// pre-activation is activated while it is still in cache, and the backward turns the
+    /// activation's gradient into the projection's per segment, so neither the activation
+    /// as a separate graph node nor its `[M, out]` gradient exist.
+    pub swiglu: Option<SwiGluEpilogue>,
+}
+
+#[derive(Debug)]
+pub struct SwiGluEpilogue {
+    pub limit: f32,
+    pub alpha: f32,
+    /// The pre-activation `[M, out]`, from the forward for the backward.
+    pub saved: Mutex<Vec<f32>>,
 }
 
 impl GroupedLinearLora {
@@ -86,11 +101,18 @@ impl CustomOp3 for GroupedLinearLora {
         self.check(out, rt, brows, r)?;
         let bias = self.bias.flatten_all()?.to_vec1::<f32>()?;
         let mut dst = vec![0f32; m * out];
-        let items = self
-            .segs
-            .iter()
-            .zip(segment_rows(&mut dst, out, &self.segs)?);
-        for_segments(items.collect(), |(&(e, start, len), d)| {
+        let half = out / 2;
+        let mut act = vec![0f32; if self.swiglu.is_some() { m * half } else { 0 }];
+        let act_rows = match self.swiglu {
+            Some(_) => segment_rows(&mut act, half, &self.segs)?,
+            None => self.segs.iter().map(|_| Default::default()).collect(),
+        };
+        let items = self.segs.iter().zip(
+            segment_rows(&mut dst, out, &self.segs)?
+                .into_iter()
+                .zip(act_rows),
+        );
+        for_segments(items.collect(), |(&(e, start, len), (d, act_d))| {
             for row in d.chunks_mut(out) {
                 row.copy_from_slice(&bias[e * out..(e + 1) * out]);
             }
@@ -125,8 +147,19 @@ impl CustomOp3 for GroupedLinearLora {
                     p.scale,
                 );
             }
+            if let Some(sw) = &self.swiglu {
+                for (o, u) in act_d.chunks_mut(half).zip(d.chunks(out)) {
+                    simd(|| swiglu_row(o, u, sw.limit, sw.alpha));
+                }
+            }
             Ok(())
         })?;
+        if let Some(sw) = &self.swiglu {
+            *sw.saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("swiglu lock".into()))? = dst;
+            return Ok((CpuStorage::F32(act), Shape::from((m, half))));
+        }
         Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
 
@@ -151,6 +184,21 @@ impl CustomOp3 for GroupedLinearLora {
         let av = contiguous_f32(cpu(&as_)?, al, "grouped op")?;
         let bv = contiguous_f32(cpu(&bs)?, bl, "grouped op")?;
         let gv = contiguous_f32(cpu(&gs)?, gl, "grouped op")?;
+        let saved = match &self.swiglu {
+            Some(sw) => {
+                let u = std::mem::take(
+                    &mut *sw
+                        .saved
+                        .lock()
+                        .map_err(|_| candle_core::Error::Msg("swiglu lock".into()))?,
+                );
+                if u.len() != m * out {
+                    candle_core::bail!("grouped lora linear: backward without a matching forward");
+                }
+                Some((u, sw.limit, sw.alpha))
+            }
+            None => None,
+        };
         let mut dx = vec![0f32; m * inp];
         let mut da = vec![0f32; ne * rt * inp];
         let mut db = vec![0f32; ne * brows * r];
@@ -163,7 +211,23 @@ impl CustomOp3 for GroupedLinearLora {
         );
         for_segments(items.collect(), |(&(e, start, len), (dxr, (dae, dbe)))| {
             let xr = &xv[start * inp..(start + len) * inp];
-            let gr = &gv[start * out..(start + len) * out];
+            // The projection's output gradient: given, or through the SwiGLU epilogue.
+            let du;
+            let gr = match &saved {
+                None => &gv[start * out..(start + len) * out],
+                Some((u, lim, alpha)) => {
+                    let half = out / 2;
+                    let mut d = vec![0f32; len * out];
+                    let ur = &u[start * out..(start + len) * out];
+                    let ga = &gv[start * half..(start + len) * half];
+                    for ((dr, uu), gg) in d.chunks_mut(out).zip(ur.chunks(out)).zip(ga.chunks(half))
+                    {
+                        simd(|| swiglu_row_grad(dr, uu, gg, *lim, *alpha));
+                    }
+                    du = d;
+                    &du
+                }
+            };
             let ae = &av[e * rt * inp..(e + 1) * rt * inp];
             let be = &bv[e * brows * r..(e + 1) * brows * r];
             let mut t = vec![0f32; len * rt];

@@ -11,7 +11,7 @@
 use crate::combine::combine;
 use crate::experts::ExpertMat;
 use crate::grouped::{GroupedLinear, GroupedLora, Segments};
-use crate::grouped_fused::{GroupedLinearLora, LoraPart};
+use crate::grouped_fused::{GroupedLinearLora, LoraPart, SwiGluEpilogue};
 use crate::linear::Linear;
 use crate::lora::SwitchLora;
 use crate::ops;
@@ -126,8 +126,15 @@ impl Moe {
             Ok(inp.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?)
         };
         let gate_up = [(&self.gate_lora, 0), (&self.up_lora, inter)];
-        let act = match self.fused_proj(&xs, &self.gate_up, &self.gate_up_bias, &segs, &gate_up)? {
-            Some(u) => ops::swiglu(&u, self.limit, self.alpha)?,
+        let act = match self.fused_proj(
+            &xs,
+            &self.gate_up,
+            &self.gate_up_bias,
+            &segs,
+            &gate_up,
+            true,
+        )? {
+            Some(act) => act,
             None => {
                 let mut u = xs.apply_op1(GroupedLinear {
                     mat: self.gate_up.clone(),
@@ -150,7 +157,7 @@ impl Moe {
             }
         };
         let down = [(&self.down_lora, 0)];
-        let y = match self.fused_proj(&act, &self.down, &self.down_bias, &segs, &down)? {
+        let y = match self.fused_proj(&act, &self.down, &self.down_bias, &segs, &down, false)? {
             Some(y) => y,
             None => {
                 let mut y = act.apply_op1(GroupedLinear {
@@ -176,7 +183,8 @@ impl Moe {
     /// One `GroupedLinearLora` op for a projection and the adapters on its column blocks
     /// (`(adapter, first output column)`); `None` when no adapter is attached, their ranks
     /// differ or LoRA dropout is on (the caller then composes `GroupedLinear` and
-    /// `GroupedLora`, the latter on the dropped-out rows).
+    /// `GroupedLora`, the latter on the dropped-out rows). With `swiglu` the op returns the
+    /// activation of its `[gate | up]` output instead (the gate/up projection).
     fn fused_proj(
         &self,
         x: &Tensor,
@@ -184,6 +192,7 @@ impl Moe {
         bias: &Tensor,
         segs: &Segments,
         adapters: &[(&Option<SwitchLora>, usize)],
+        swiglu: bool,
     ) -> Result<Option<Tensor>> {
         let present: Vec<(&SwitchLora, usize)> = adapters
             .iter()
@@ -228,6 +237,11 @@ impl Moe {
             segs: segs.clone(),
             parts,
             rank,
+            swiglu: swiglu.then(|| SwiGluEpilogue {
+                limit: self.limit as f32,
+                alpha: self.alpha as f32,
+                saved: Default::default(),
+            }),
         };
         Ok(Some(x.apply_op3(&a, &b, op)?))
     }

@@ -460,7 +460,7 @@ impl CustomOp1 for SwiGlu {
 }
 
 #[inline(always)]
-fn swiglu_row(d: &mut [f32], r: &[f32], lim: f32, alpha: f32) {
+pub(crate) fn swiglu_row(d: &mut [f32], r: &[f32], lim: f32, alpha: f32) {
     let (g, up) = r.split_at(d.len());
     for ((o, &gv), &uv) in d.iter_mut().zip(g).zip(up) {
         let gv = gv.min(lim);
@@ -472,7 +472,7 @@ fn swiglu_row(d: &mut [f32], r: &[f32], lim: f32, alpha: f32) {
 
 /// d/du of one row: gate half then up half of `d`, from the row `r` and its output grad `gr`.
 #[inline(always)]
-fn swiglu_row_grad(d: &mut [f32], r: &[f32], gr: &[f32], lim: f32, alpha: f32) {
+pub(crate) fn swiglu_row_grad(d: &mut [f32], r: &[f32], gr: &[f32], lim: f32, alpha: f32) {
     let i = gr.len();
     let (dg, dup) = d.split_at_mut(i);
     let (gate, up) = r.split_at(i);
