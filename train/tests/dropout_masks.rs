@@ -3,22 +3,15 @@
 //! attention projection and the expert projections, grouped and per-expert paths), and p = 0
 //! or dropout off changes nothing. The trainer side is in `dropout_training.rs`.
 
+mod common;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use common::*;
 use osstune_model::moe::Moe;
 use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
 use osstune_train::rng::SplitMix64;
-use std::path::PathBuf;
 
 const CPU: Device = Device::Cpu;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/train/model")
-}
-
-fn model(dtype: DType) -> GptOss {
-    GptOss::load(model_dir(), &CPU, dtype).unwrap()
-}
 
 /// Uniform values with standard deviation `std`.
 fn rand(rng: &mut SplitMix64, shape: &[usize], std: f32) -> Tensor {
@@ -53,17 +46,6 @@ fn attach_random(m: &mut GptOss, seed: u64) {
     }
 }
 
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// max |a − b| / max |b|.
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-12)
@@ -90,31 +72,6 @@ fn low_rank(a: &Tensor, b: &Tensor, scale: f64, xm: &Tensor) -> Tensor {
         .unwrap()
         * scale)
         .unwrap()
-}
-
-fn every_dropout(m: &GptOss) -> Vec<Option<LoraDropout>> {
-    let mut out = Vec::new();
-    for b in &m.layers {
-        for l in [
-            &b.attn.q_proj.lora,
-            &b.attn.k_proj.lora,
-            &b.attn.v_proj.lora,
-            &b.attn.o_proj.lora,
-            &b.moe.router.lora,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            out.push(l.dropout);
-        }
-        for l in [&b.moe.gate_lora, &b.moe.up_lora, &b.moe.down_lora]
-            .into_iter()
-            .flatten()
-        {
-            out.push(l.dropout);
-        }
-    }
-    out
 }
 
 #[test]

@@ -3,110 +3,30 @@
 //! checkpointing stay exact, training with dropout learns, and the exported adapter configs
 //! carry the configured rate. The model side is in `dropout_masks.rs`.
 
-use candle_core::{DType, Device, Tensor};
-use osstune_model::{GptOss, LoraDropout};
+mod common;
+use candle_core::Device;
+use common::*;
 use osstune_train::adapters::{read_safetensors, WEIGHTS_FILE};
 use osstune_train::config::TrainConfig;
 use osstune_train::export::{export, Format};
 use osstune_train::rng::SplitMix64;
-use osstune_train::trainer::{dropout_seed, Outcome, RunOptions, Trainer};
-use std::path::{Path, PathBuf};
+use osstune_train::trainer::{dropout_seed, Outcome, RunOptions};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 const CPU: Device = Device::Cpu;
 
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/train/model")
-}
-
-fn model(dtype: DType) -> GptOss {
-    GptOss::load(model_dir(), &CPU, dtype).unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn every_dropout(m: &GptOss) -> Vec<Option<LoraDropout>> {
-    let mut out = Vec::new();
-    for b in &m.layers {
-        for l in [
-            &b.attn.q_proj.lora,
-            &b.attn.k_proj.lora,
-            &b.attn.v_proj.lora,
-            &b.attn.o_proj.lora,
-            &b.moe.router.lora,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            out.push(l.dropout);
-        }
-        for l in [&b.moe.gate_lora, &b.moe.up_lora, &b.moe.down_lora]
-            .into_iter()
-            .flatten()
-        {
-            out.push(l.dropout);
-        }
-    }
-    out
-}
-
-/// Samples with a learnable structure (as in tests/trainer.rs): a random untrained prompt,
-/// then a trained phrase that depends on the prompt's first token.
-fn write_data(dir: &Path, n_train: usize, n_valid: usize) {
-    let mut rng = SplitMix64::new(5);
-    let line = |rng: &mut SplitMix64| {
-        let first = 10 + rng.below(4) as u32;
-        let mut ids = vec![first];
-        let plen = 3 + rng.below(5) as usize;
-        ids.extend((0..plen).map(|_| 20 + rng.below(300) as u32));
-        let mut mask = vec![0u8; ids.len()];
-        for j in 0..12u32 {
-            ids.push(first * 7 + j * 3);
-            mask.push(1);
-        }
-        serde_json::json!({"id": "x", "input_ids": ids, "loss_mask": mask, "text": ""}).to_string()
-    };
-    let train: Vec<String> = (0..n_train).map(|_| line(&mut rng)).collect();
-    let valid: Vec<String> = (0..n_valid).map(|_| line(&mut rng)).collect();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n").unwrap();
-    std::fs::write(dir.join("valid.jsonl"), valid.join("\n") + "\n").unwrap();
-}
-
+/// The trainer tests' config with dropout 0.1, 3 steps, no periodic validation or saves.
 fn config(extra: &[&str]) -> TrainConfig {
-    let mut o: Vec<String> = [
-        "lora.rank=4",
-        "lora.alpha=8.0",
+    let mut o = vec![
         "lora.dropout=0.1",
-        "optim.muon.lr=2e-2",
-        "optim.adamw.lr=1e-3",
-        "train.micro_batch=2",
-        "train.grad_accum=2",
         "train.steps=3",
         "train.val_every=0",
         "train.save_every=0",
-        "train.loss_chunk=8",
-        "data.max_seq_len=64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    o.extend(extra.iter().map(|s| s.to_string()));
-    TrainConfig::load(None, &o).unwrap()
-}
-
-fn trainer(cfg: TrainConfig, data: &Path, out: &Path, resume: bool) -> Trainer {
-    Trainer::from_model(cfg, model(DType::F32), data, out, resume).unwrap()
+    ];
+    o.extend_from_slice(extra);
+    common::config(&o)
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {

@@ -1,70 +1,17 @@
 //! The training loop on the small fixture model (fixtures/train/model): learning, exact
 //! resume, the NaN guard, and export/import round trips.
 
+mod common;
 use candle_core::{DType, Device};
+use common::*;
 use osstune_model::GptOss;
 use osstune_train::adapters::{read_safetensors, WEIGHTS_FILE};
 use osstune_train::checkpoint;
-use osstune_train::config::TrainConfig;
 use osstune_train::metrics::{read_records, Record};
-use osstune_train::rng::SplitMix64;
 use osstune_train::trainer::{Outcome, RunOptions, Trainer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/train/model")
-}
-
-/// Samples with a learnable structure: a random "prompt" (untrained) followed by a fixed
-/// phrase that depends on the prompt's first token (trained).
-fn write_data(dir: &Path, n_train: usize, n_valid: usize) {
-    let mut rng = SplitMix64::new(5);
-    let line = |rng: &mut SplitMix64| {
-        let first = 10 + rng.below(4) as u32;
-        let mut ids = vec![first];
-        let plen = 3 + rng.below(5) as usize;
-        ids.extend((0..plen).map(|_| 20 + rng.below(300) as u32));
-        let mut mask = vec![0u8; ids.len()];
-        for j in 0..12u32 {
-            ids.push(first * 7 + j * 3);
-            mask.push(1);
-        }
-        serde_json::json!({"id": "x", "input_ids": ids, "loss_mask": mask, "text": ""}).to_string()
-    };
-    let train: Vec<String> = (0..n_train).map(|_| line(&mut rng)).collect();
-    let valid: Vec<String> = (0..n_valid).map(|_| line(&mut rng)).collect();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n").unwrap();
-    std::fs::write(dir.join("valid.jsonl"), valid.join("\n") + "\n").unwrap();
-}
-
-fn config(extra: &[&str]) -> TrainConfig {
-    let mut o: Vec<String> = [
-        "lora.rank=4",
-        "lora.alpha=8.0",
-        "optim.muon.lr=2e-2",
-        "optim.adamw.lr=1e-3",
-        "train.micro_batch=2",
-        "train.grad_accum=2",
-        "train.steps=6",
-        "train.val_every=3",
-        "train.save_every=3",
-        "train.loss_chunk=8",
-        "data.max_seq_len=64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    o.extend(extra.iter().map(|s| s.to_string()));
-    TrainConfig::load(None, &o).unwrap()
-}
-
-fn trainer(cfg: TrainConfig, data: &Path, out: &Path, resume: bool) -> Trainer {
-    let model = GptOss::load(model_dir(), &Device::Cpu, DType::F32).unwrap();
-    Trainer::from_model(cfg, model, data, out, resume).unwrap()
-}
 
 fn adapters_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join(WEIGHTS_FILE)).unwrap()
