@@ -118,26 +118,32 @@ impl CustomOp3 for LoraLinearOp {
         let mut dt = vec![0f32; m * r];
         let mut da = vec![0f32; r * inp];
         let mut db = vec![0f32; out * r];
-        let mut dx = vec![0f32; m * inp];
         // t = x Aᵀ ; dB = s · gᵀ t ; dt = s · g B ; dA = dtᵀ x ; dx = g W + dt A
         gemm_rs(&mut t, false, (m, r, inp), xv, (inp, 1), av, (1, inp), 1.0);
         gemm_rs(&mut db, false, (out, r, m), gv, (1, out), &t, (r, 1), s);
         gemm_rs(&mut dt, false, (m, r, out), gv, (out, 1), bv, (r, 1), s);
         gemm_rs(&mut da, false, (r, inp, m), &dt, (1, r), xv, (inp, 1), 1.0);
-        gemm_rs(
-            &mut dx,
-            false,
-            (m, inp, out),
-            gv,
-            (out, 1),
-            w,
-            (inp, 1),
-            1.0,
-        );
-        gemm_rs(&mut dx, true, (m, inp, r), &dt, (r, 1), av, (inp, 1), 1.0);
         let dev = x.device();
+        // The first layer's projections read the (constant) embeddings: no input gradient.
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; m * inp];
+            gemm_rs(
+                &mut dx,
+                false,
+                (m, inp, out),
+                gv,
+                (out, 1),
+                w,
+                (inp, 1),
+                1.0,
+            );
+            gemm_rs(&mut dx, true, (m, inp, r), &dt, (r, 1), av, (inp, 1), 1.0);
+            Some(Tensor::from_vec(dx, (m, inp), dev)?)
+        } else {
+            None
+        };
         Ok((
-            Some(Tensor::from_vec(dx, (m, inp), dev)?),
+            dx,
             Some(Tensor::from_vec(da, (r, inp), dev)?),
             Some(Tensor::from_vec(db, (out, r), dev)?),
         ))
