@@ -7,7 +7,7 @@
 //! pass each way, parallel over tokens (every token has exactly k rows, so no two threads
 //! write the same output row).
 
-use crate::ops::contiguous_f32;
+use crate::ops::{contiguous_f32, storage_f32};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,13 +57,14 @@ impl CustomOp2 for Combine {
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let (m_rows, h) = y.dims2()?;
-        let host = |x: &Tensor| -> CResult<Vec<f32>> {
-            x.contiguous()?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()
-        };
-        let (yv, wv, gv) = (host(y)?, host(w)?, host(g)?);
+        // `combine` hands the op contiguous f32 inputs; the incoming gradient may be strided.
+        let g = g.contiguous()?.to_dtype(DType::F32)?;
+        let (ys, yl) = y.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let yv = storage_f32(&ys, yl, "moe combine")?;
+        let wv = storage_f32(&ws, wl, "moe combine weights")?;
+        let gv = storage_f32(&gs, gl, "moe combine gradient")?;
         // dy[row(n, j)] = w[n·k + j] · g[n] ; dw[n·k + j] = g[n] · y[row(n, j)]
         let mut dy = vec![0f32; m_rows * h];
         let mut slot_of = vec![0usize; m_rows];

@@ -19,7 +19,7 @@
 
 use crate::grouped::gemm_ld;
 use crate::masked_softmax::CausalMask;
-use crate::ops::{contiguous_f32, fast_exp, max_f32, simd, sum_f32};
+use crate::ops::{contiguous_f32, fast_exp, max_f32, simd, storage_f32, sum_f32};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -238,8 +238,17 @@ impl CustomOp3 for FusedAttention {
         let (b, t, _) = q.dims3()?;
         let (hq, hkv, d, rep) = (self.n_heads, self.n_kv_heads, self.head_dim, self.rep());
         let grad = grad.contiguous()?.to_dtype(DType::F32)?;
-        let host = |x: &Tensor| -> CResult<Vec<f32>> { x.contiguous()?.flatten_all()?.to_vec1() };
-        let (qv, kv, vv, ov, gv) = (host(q)?, host(k)?, host(v)?, host(out)?, host(&grad)?);
+        // The op's inputs and output are contiguous f32 (see `try_fused_attention`).
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (os, ol) = out.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let qv = storage_f32(&qs, ql, "attention q")?;
+        let kv = storage_f32(&ks, kl, "attention k")?;
+        let vv = storage_f32(&vs, vl, "attention v")?;
+        let ov = storage_f32(&os, ol, "attention output")?;
+        let gv = storage_f32(&gs, gl, "attention gradient")?;
         let lse = self
             .lse
             .lock()
@@ -254,7 +263,7 @@ impl CustomOp3 for FusedAttention {
             .into_par_iter()
             .map(|bg| {
                 let (bi, g) = (bg / hkv, bg % hkv);
-                let (qr, kr) = self.rotated(&qv, &kv, t, bi, g);
+                let (qr, kr) = self.rotated(qv, kv, t, bi, g);
                 let mut dqr = vec![0f32; t * rep * d];
                 let mut dkr = vec![0f32; t * d];
                 let mut dv = vec![0f32; t * d];

@@ -8,17 +8,10 @@
 //! `dx`, `dA`, `dB` directly with five small GEMMs.
 
 use crate::grouped::gemm_rs;
-use crate::ops::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use crate::ops::{contiguous_f32, storage_f32};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
-
-fn cpu_slice<'a>(s: &'a Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused lora linear: {what} must be contiguous f32 on the CPU"),
-    }
-}
 
 struct LoraLinearOp {
     /// `[out, in]` f32, contiguous, on the CPU.
@@ -49,7 +42,7 @@ impl CustomOp3 for LoraLinearOp {
         let (r, in_a) = l2.shape().dims2()?;
         let (out, r_b) = l3.shape().dims2()?;
         let (ws, wl) = self.weight.storage_and_layout();
-        let w = cpu_slice(&ws, wl, "weight")?;
+        let w = storage_f32(&ws, wl, "weight")?;
         if in_a != inp || r_b != r || w.len() != out * inp {
             candle_core::bail!(
                 "fused lora linear: x {:?}, A {:?}, B {:?}, W {:?}",
@@ -62,7 +55,7 @@ impl CustomOp3 for LoraLinearOp {
         let mut dst = match &self.bias {
             Some(bias) => {
                 let (bs, bl) = bias.storage_and_layout();
-                let bv = cpu_slice(&bs, bl, "bias")?;
+                let bv = storage_f32(&bs, bl, "bias")?;
                 if bv.len() != out {
                     candle_core::bail!("fused lora linear: bias {:?} for {out} outputs", bl.dims());
                 }
@@ -108,11 +101,11 @@ impl CustomOp3 for LoraLinearOp {
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
         let (ws, wl) = self.weight.storage_and_layout();
-        let xv = cpu_slice(&xs, xl, "input")?;
-        let av = cpu_slice(&as_, al, "lora_a")?;
-        let bv = cpu_slice(&bs, bl, "lora_b")?;
-        let gv = cpu_slice(&gs, gl, "gradient")?;
-        let w = cpu_slice(&ws, wl, "weight")?;
+        let xv = storage_f32(&xs, xl, "input")?;
+        let av = storage_f32(&as_, al, "lora_a")?;
+        let bv = storage_f32(&bs, bl, "lora_b")?;
+        let gv = storage_f32(&gs, gl, "gradient")?;
+        let w = storage_f32(&ws, wl, "weight")?;
         let s = self.scale;
         let mut t = vec![0f32; m * r];
         let mut dt = vec![0f32; m * r];

@@ -13,7 +13,7 @@ use crate::experts::ExpertMat;
 use crate::grouped::{
     for_segments, gemm_ld, gemm_rs, segment_experts, segment_rows, with_expert, Segments,
 };
-use crate::ops::{contiguous_f32, simd, swiglu_row, swiglu_row_grad};
+use crate::ops::{contiguous_f32, simd, storage_f32, swiglu_row, swiglu_row_grad};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -28,13 +28,6 @@ pub struct LoraPart {
     pub rank0: usize,
     pub brow: usize,
     pub scale: f32,
-}
-
-fn cpu(s: &candle_core::Storage) -> CResult<&CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(c) => Ok(c),
-        _ => candle_core::bail!("grouped lora linear: expected CPU tensors"),
-    }
 }
 
 pub struct GroupedLinearLora {
@@ -180,10 +173,10 @@ impl CustomOp3 for GroupedLinearLora {
         let (as_, al) = a.storage_and_layout();
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let xv = contiguous_f32(cpu(&xs)?, xl, "grouped op")?;
-        let av = contiguous_f32(cpu(&as_)?, al, "grouped op")?;
-        let bv = contiguous_f32(cpu(&bs)?, bl, "grouped op")?;
-        let gv = contiguous_f32(cpu(&gs)?, gl, "grouped op")?;
+        let xv = storage_f32(&xs, xl, "grouped op")?;
+        let av = storage_f32(&as_, al, "grouped op")?;
+        let bv = storage_f32(&bs, bl, "grouped op")?;
+        let gv = storage_f32(&gs, gl, "grouped op")?;
         let saved = match &self.swiglu {
             Some(sw) => {
                 let u = std::mem::take(

@@ -5,7 +5,9 @@
 //! ops with a CPU f32 kernel and a backward written in candle ops; any other device or dtype
 //! falls back to a composition of candle ops (differentiable, device-generic).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D,
+};
 use rayon::prelude::*;
 
 pub use crate::vecmath::{fast_exp, max_f32, simd, sum_f32};
@@ -20,6 +22,15 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> C
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// The f32 values of a tensor's storage (from `Tensor::storage_and_layout`), borrowed in place:
+/// the backward passes read their inputs this way instead of copying them to the host.
+pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => contiguous_f32(c, l, what),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
     }
 }
 
@@ -443,13 +454,10 @@ impl CustomOp1 for SwiGlu {
         let (u, g) = (u.contiguous()?, g.contiguous()?);
         let (us, ul) = u.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let (uv, gv) = match (&*us, &*gs) {
-            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => (
-                contiguous_f32(a, ul, "swiglu")?,
-                contiguous_f32(b, gl, "swiglu grad")?,
-            ),
-            _ => candle_core::bail!("swiglu backward: expected CPU tensors"),
-        };
+        let (uv, gv) = (
+            storage_f32(&us, ul, "swiglu")?,
+            storage_f32(&gs, gl, "swiglu grad")?,
+        );
         let (lim, alpha) = (self.limit, self.alpha);
         let mut du = vec![0f32; n * two_i];
         du.par_chunks_mut(two_i)

@@ -2,6 +2,7 @@
 //! compositions they replace: same values and same gradients.
 
 mod common;
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs;
 use osstune_model::linear::Linear;
@@ -22,6 +23,12 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
         })
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Gradients of Σ(y ⊙ probe) for a fused result and for its reference.
+fn probe_grads(got: Tensor, want: Tensor, probe: &Tensor) -> (GradStore, GradStore) {
+    let grads = |y: Tensor| (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    (grads(got), grads(want))
 }
 
 #[test]
@@ -54,13 +61,7 @@ fn fused_lora_linear_matches_composition() {
         max_abs(&y, &y_ref)
     );
 
-    let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-    let g_ref = (y_ref * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g, g_ref) = probe_grads(y, y_ref, &probe);
     for (what, v) in [("x", &x), ("A", &a), ("B", &b)] {
         let (got, want) = (
             g.get(v.as_tensor()).unwrap(),
@@ -116,13 +117,7 @@ fn masked_case(t: usize, tk: usize, q0: usize, window: Option<usize>) {
     assert!(max_abs(&p, &p_old) < 1e-6);
 
     let probe = randn(&[bsz, h, t, tk], 9);
-    let g = (p * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-    let g_ref = (p_ref * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g, g_ref) = probe_grads(p, p_ref, &probe);
     let (got, want) = (
         g.get(scores.as_tensor()).unwrap(),
         g_ref.get(scores.as_tensor()).unwrap(),
@@ -240,18 +235,7 @@ fn fused_attention_case(
     assert!(err < 2e-6, "T={t} window {window:?}: forward max |Δ| {err}");
 
     let probe = randn(&[b, t, hq * d], 15);
-    let g = (got * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g_ref = (want * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g, g_ref) = probe_grads(got, want, &probe);
     for (name, x) in [("q", qt), ("k", kt), ("v", vt)] {
         let (a, e) = (g.get(x).unwrap(), g_ref.get(x).unwrap());
         let err = max_abs(a, e);
@@ -306,18 +290,7 @@ fn moe_combine_matches_composition() {
         .unwrap();
     assert!(max_abs(&got, &want) < 1e-6);
     let probe = randn(&[n, h], 23);
-    let g = (got * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g_ref = (want * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g, g_ref) = probe_grads(got, want, &probe);
     for x in [y.as_tensor(), w.as_tensor()] {
         let (a, e) = (g.get(x).unwrap(), g_ref.get(x).unwrap());
         assert!(max_abs(a, e) < 1e-5, "gradient max |Δ| {}", max_abs(a, e));

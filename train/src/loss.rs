@@ -26,7 +26,7 @@ use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use osstune_model::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy};
+use osstune_model::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
 use osstune_model::GptOss;
 use rayon::prelude::*;
 
@@ -80,12 +80,61 @@ fn host_ce(
     }
 }
 
-/// Host f32 view of a CPU f32 tensor (contiguous), `None` otherwise.
-fn cpu_f32(t: &Tensor) -> Result<Option<Vec<f32>>> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+/// CPU f32: the trained rows through the fused lm_head + loss kernel in one call.
+fn cpu_loss(
+    model: &GptOss,
+    h2: &Tensor,
+    rows: &[u32],
+    tg_all: &[u32],
+    w_all: &[f32],
+    grad_scale: Option<f64>,
+) -> Result<Option<(f64, Vec<Tensor>)>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !f32_cpu(h2) || !f32_cpu(&model.lm_head) {
         return Ok(None);
     }
-    Ok(Some(t.flatten_all()?.to_vec1()?))
+    let hs = h2.index_select(&Tensor::new(rows, h2.device())?, 0)?;
+    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
+    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
+    let out = linear_cross_entropy_cpu(&hs, &model.lm_head, &tg, &w, grad_scale)?;
+    Ok(out.map(|(loss, dh)| (loss, dh.into_iter().collect())))
+}
+
+/// Other devices/dtypes: logits from candle `rows_per_chunk` rows at a time, cross-entropy on
+/// the host, dL/dhs = dL/dlogits · lm_head per chunk.
+fn chunked_loss(
+    model: &GptOss,
+    h2: &Tensor,
+    rows: &[u32],
+    tg_all: &[u32],
+    w_all: &[f32],
+    rows_per_chunk: usize,
+    grad_scale: Option<f64>,
+) -> Result<(f64, Vec<Tensor>)> {
+    let dev = h2.device();
+    let v = model.cfg.vocab_size;
+    let lm = &model.lm_head;
+    let mut total = 0.0;
+    let mut grads = Vec::new();
+    for part in rows.chunks(rows_per_chunk.max(1)) {
+        let idx = Tensor::new(part, dev)?;
+        let hs = h2.index_select(&idx, 0)?;
+        let logits: Vec<f32> = model
+            .logits(&hs)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
+        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
+        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
+        total += l;
+        if let Some(g) = g {
+            // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
+            let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(lm.dtype())?;
+            grads.push(g.matmul(lm)?);
+        }
+    }
+    Ok((total, grads))
 }
 
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
@@ -106,46 +155,10 @@ pub fn hidden_loss(
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
     let h2 = h.reshape((b * t, hd))?;
-    if let (Some(hv), Some(lm)) = (cpu_f32(&h2)?, cpu_f32(&model.lm_head)?) {
-        // CPU f32: gather the trained rows and run the fused lm_head + loss kernel.
-        let mut hs = Vec::with_capacity(rows.len() * hd);
-        for &r in &rows {
-            hs.extend_from_slice(&hv[r as usize * hd..(r as usize + 1) * hd]);
-        }
-        let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
-        let (loss, dhs) = linear_cross_entropy(&hs, &lm, hd, &tg, &w, grad_scale)?;
-        let Some(dhs) = dhs else {
-            return Ok((loss, None));
-        };
-        let mut dh = vec![0f32; b * t * hd];
-        for (&r, g) in rows.iter().zip(dhs.chunks(hd)) {
-            dh[r as usize * hd..(r as usize + 1) * hd].copy_from_slice(g);
-        }
-        return Ok((loss, Some(Tensor::from_vec(dh, (b, t, hd), dev)?)));
-    }
-    let v = model.cfg.vocab_size;
-    let lm = model.lm_head.clone();
-    let mut total = 0.0;
-    let mut grads = Vec::new();
-    for part in rows.chunks((chunk * b).max(1)) {
-        let idx = Tensor::new(part, dev)?;
-        let hs = h2.index_select(&idx, 0)?;
-        let logits: Vec<f32> = model
-            .logits(&hs)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
-        total += l;
-        if let Some(g) = g {
-            // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
-            let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(lm.dtype())?;
-            grads.push(g.matmul(&lm)?);
-        }
-    }
+    let (total, grads) = match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
+        Some(r) => r,
+        None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
+    };
     let Some(_) = grad_scale else {
         return Ok((total, None));
     };
