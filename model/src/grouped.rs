@@ -111,34 +111,6 @@ pub(crate) fn gemm_ld(
     (b_rs, b_cs): (usize, usize),
     beta: f32,
 ) {
-    let par = threads(m * n * k);
-    gemm_par(
-        par,
-        dst,
-        dst_rs,
-        acc,
-        (m, n, k),
-        a,
-        (a_rs, a_cs),
-        b,
-        (b_rs, b_cs),
-        beta,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_par(
-    par: gemm::Parallelism,
-    dst: &mut [f32],
-    dst_rs: usize,
-    acc: bool,
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-    beta: f32,
-) {
     if m == 0 || n == 0 {
         return;
     }
@@ -167,7 +139,7 @@ fn gemm_par(
             false,
             false,
             false,
-            par,
+            threads(m * n * k),
         )
     }
 }

@@ -247,58 +247,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // softmax with one learned "sink" logit per head (spec §1.4)
 
-struct SinkSoftmax;
-
-impl CustomOp2 for SinkSoftmax {
-    fn name(&self) -> &'static str {
-        "osstune-sink-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "sink softmax")?;
-        let sinks = contiguous_f32(s2, l2, "sinks")?;
-        let dims = l1.dims();
-        let (h, t, n) = (dims[1], dims[2], dims[3]);
-        let mut dst = vec![0f32; x.len()];
-        dst.par_chunks_mut(t * n)
-            .zip(x.par_chunks(t * n))
-            .enumerate()
-            .for_each(|(bh, (d, s))| {
-                let sink = sinks[bh % h];
-                for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
-                    simd(|| sink_softmax_row(dr, sr, sink));
-                }
-            });
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _sinks: &Tensor,
-        res: &Tensor,
-        g: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        // The dropped sink column receives no gradient, so this is the softmax backward over
-        // the kept columns. Sinks are base weights (constants): no gradient for them.
-        let dot = (g * res)?.sum_keepdim(D::Minus1)?;
-        Ok((Some((res * g.broadcast_sub(&dot)?)?), None))
-    }
-}
-
 /// `scores [B, H, T, Tk]` (already masked with −inf), `sinks [H]` → probabilities over the
-/// keys, softmax taken with the sink as an extra column which is then dropped.
+/// keys, softmax taken with the sink as an extra column which is then dropped. Device-generic
+/// candle ops: on the CPU in f32 attention takes `masked_softmax`'s fused op instead.
 pub fn sink_softmax(scores: &Tensor, sinks: &Tensor) -> CResult<Tensor> {
-    let scores = scores.contiguous()?;
-    if fast_path(&[&scores, sinks]) {
-        return scores.apply_op2(sinks, SinkSoftmax);
-    }
     let (b, h, t, n) = scores.dims4()?;
     let dtype = scores.dtype();
     let s = scores.to_dtype(DType::F32)?;

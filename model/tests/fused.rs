@@ -112,7 +112,7 @@ fn masked_case(t: usize, tk: usize, q0: usize, window: Option<usize>) {
         "forward {}",
         max_abs(&p, &p_ref)
     );
-    // Also the existing fused (unmasked-input) op on the masked scores.
+    // Also the device-generic composition on the masked scores.
     let p_old = ops::sink_softmax(&masked, &sinks).unwrap();
     assert!(max_abs(&p, &p_old) < 1e-6);
 
