@@ -11,6 +11,8 @@ use crate::mxfp4;
 use crate::ops::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -28,19 +30,39 @@ fn threads(work: usize) -> gemm::Parallelism {
     }
 }
 
-/// Runs `f` on every segment's work item: one segment per rayon task when there are enough
-/// to keep the threads busy (their gemms then run single-threaded, see `threads`), else in
+/// Runs `f` on every segment's work item: one segment per task when there are enough to
+/// keep the threads busy (their gemms then run single-threaded, see `threads`), else in
 /// order with each gemm split across threads. Segment-level tasks need no synchronisation
 /// inside a segment's handful of small matmuls, which is where per-gemm splitting lost time.
-pub(crate) fn for_segments<T: Send>(
-    items: Vec<T>,
-    f: impl Fn(T) -> CResult<()> + Sync + Send,
+///
+/// Tasks go largest segment first, each thread taking the next as it frees up (longest
+/// processing time first). Routed token counts are uneven, and rayon's halving split of the
+/// list would leave one thread idle behind the heavier half. Every item writes only its own
+/// segment's rows and expert blocks, so the order changes no result.
+pub(crate) fn for_segments<X: Send>(
+    items: Vec<(&(usize, usize, usize), X)>,
+    f: impl Fn((&(usize, usize, usize), X)) -> CResult<()> + Sync + Send,
 ) -> CResult<()> {
-    if items.len() >= 2 * crate::ops::num_threads() {
-        items.into_par_iter().try_for_each(f)
-    } else {
-        items.into_iter().try_for_each(f)
+    let n = crate::ops::num_threads();
+    if items.len() < 2 * n {
+        return items.into_iter().try_for_each(f);
     }
+    let mut items = items;
+    items.sort_by_key(|(&(_, _, len), _)| std::cmp::Reverse(len));
+    let queue: Vec<Mutex<Option<_>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    let next = AtomicUsize::new(0);
+    (0..n).into_par_iter().try_for_each(|_| loop {
+        let Some(slot) = queue.get(next.fetch_add(1, Ordering::Relaxed)) else {
+            return Ok(());
+        };
+        let item = slot
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("grouped op: task queue poisoned".into()))?
+            .take();
+        if let Some(item) = item {
+            f(item)?;
+        }
+    })
 }
 
 /// Splits a row-major `[M, width]` buffer into each segment's rows, in `segs` order (which
