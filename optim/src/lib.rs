@@ -30,6 +30,7 @@
 pub mod adamw;
 pub mod config;
 pub mod muon;
+mod muon_host;
 pub mod optimizer;
 pub mod schedule;
 mod state;

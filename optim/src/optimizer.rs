@@ -8,6 +8,10 @@ use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use crate::adamw::{self, AdamWState};
 use crate::config::OptimConfig;
 use crate::muon;
+use crate::muon_host::{self, HostStep};
+
+/// Elements of Muon parameters updated on the host at once (each holds 4 host copies).
+const HOST_BATCH: usize = 1 << 24;
 
 /// Which optimizer a parameter belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +104,24 @@ impl Optimizer {
         }
         let muon_lr = self.cfg.muon.lr * lr_multiplier;
         let adamw_lr = self.cfg.adamw.lr * lr_multiplier;
-        for p in self.params.iter_mut() {
+        // CPU f32 Muon parameters: read out, updated together on the host, written back, in
+        // batches of at most `HOST_BATCH` elements so the host copies stay bounded.
+        let mut batch: Vec<(usize, HostStep)> = Vec::new();
+        let mut batch_elems = 0;
+        for i in 0..self.params.len() {
+            let p = &mut self.params[i];
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
             match &mut p.state {
+                ParamState::Muon { momentum } if muon_host::eligible(&p.var, &self.cfg.muon) => {
+                    batch.push((i, HostStep::read(&p.name, &p.var, grad, momentum)?));
+                    batch_elems += p.var.elem_count();
+                    if batch_elems >= HOST_BATCH {
+                        self.run_host(std::mem::take(&mut batch), muon_lr)?;
+                        batch_elems = 0;
+                    }
+                }
                 ParamState::Muon { momentum } => {
                     muon::step(&p.name, &p.var, grad, momentum, &self.cfg.muon, muon_lr)?
                 }
@@ -113,7 +130,21 @@ impl Optimizer {
                 }
             }
         }
+        self.run_host(batch, muon_lr)?;
         self.steps += 1;
+        Ok(())
+    }
+
+    /// Host Muon steps, in parallel, each written back into its parameter.
+    fn run_host(&mut self, batch: Vec<(usize, HostStep)>, lr: f64) -> Result<()> {
+        let (index, mut steps): (Vec<usize>, Vec<HostStep>) = batch.into_iter().unzip();
+        muon_host::run_all(&mut steps, &self.cfg.muon, lr);
+        for (i, s) in index.into_iter().zip(steps) {
+            let p = &mut self.params[i];
+            if let ParamState::Muon { momentum } = &mut p.state {
+                s.write(&p.var, momentum)?;
+            }
+        }
         Ok(())
     }
 
