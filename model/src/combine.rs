@@ -1,6 +1,11 @@
-//! The MoE's weighted combine as one autograd op: `out[n] = Σ_j w[n·k + j] · y[row(n, j)]`,
-//! where row `m` of the expert outputs `y [M, H]` (M = N·k, rows in expert order) came from
-//! token `tokens[m]` through routing slot `slots[m] = tokens[m]·k + j`.
+//! The MoE's token dispatch and weighted combine as autograd ops. Row `m` of the expert-order
+//! rows (M = N·k) belongs to token `tokens[m]` through routing slot `slots[m] = tokens[m]·k + j`.
+//! - dispatch: `xs[m] = x[tokens[m]]`, `x [N, H]` → `xs [M, H]`;
+//! - combine: `out[n] = Σ_j w[n·k + j] · y[row(n, j)]`, `y [M, H]` → `[N, H]`.
+//!
+//! Dispatch as candle's `index_select` copies serially and its backward is a zero `[N, H]` plus
+//! a serial `index_add`; here both directions run parallel over rows, and the backward sums
+//! each token's k rows in slot order (deterministic).
 //!
 //! As candle ops this is `index_select` of the weights, a broadcast multiply, a zero `[N, H]`
 //! and an `index_add`, and backward as many full-size `[M, H]` passes again; here it is one
@@ -8,7 +13,7 @@
 //! write the same output row).
 
 use crate::ops::{contiguous_f32, storage_f32};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
@@ -97,6 +102,75 @@ impl CustomOp2 for Combine {
     }
 }
 
+/// `rows[s]`: the expert-order row of routing slot `s`, checking every slot is used once.
+fn slot_rows(slots: &[u32], n_slots: usize, what: &str) -> CResult<Vec<u32>> {
+    let mut rows = vec![u32::MAX; n_slots];
+    for (m, &s) in slots.iter().enumerate() {
+        match rows.get_mut(s as usize) {
+            Some(r) if *r == u32::MAX => *r = m as u32,
+            _ => candle_core::bail!("{what}: slot {s} used twice or out of range"),
+        }
+    }
+    Ok(rows)
+}
+
+struct Dispatch {
+    /// `slots[m]`: the routing slot (token·k + j) of expert-order row m.
+    slots: Vec<u32>,
+    /// `rows[s]`: the inverse map.
+    rows: Vec<u32>,
+    k: usize,
+}
+
+impl CustomOp1 for Dispatch {
+    fn name(&self) -> &'static str {
+        "osstune-moe-dispatch"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "moe dispatch")?;
+        let (_, h) = l.shape().dims2()?;
+        let mut xs = vec![0f32; self.slots.len() * h];
+        xs.par_chunks_mut(h).zip(&self.slots).for_each(|(d, &s)| {
+            let t = s as usize / self.k;
+            d.copy_from_slice(&x[t * h..(t + 1) * h]);
+        });
+        Ok((CpuStorage::F32(xs), Shape::from((self.slots.len(), h))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let (n, h) = x.dims2()?;
+        let g = g.contiguous()?.to_dtype(DType::F32)?;
+        let (gs, gl) = g.storage_and_layout();
+        let gv = storage_f32(&gs, gl, "moe dispatch gradient")?;
+        let mut dx = vec![0f32; n * h];
+        dx.par_chunks_mut(h).enumerate().for_each(|(t, d)| {
+            for &m in &self.rows[t * self.k..(t + 1) * self.k] {
+                let m = m as usize;
+                for (o, &v) in d.iter_mut().zip(&gv[m * h..(m + 1) * h]) {
+                    *o += v;
+                }
+            }
+        });
+        Ok(Some(Tensor::from_vec(dx, (n, h), x.device())?))
+    }
+}
+
+/// `x [N, H]` → `[M, H]` in expert order: row m is token `slots[m] / k`'s. Every one of the
+/// N·k slots must appear exactly once (top-k routing guarantees it). CPU f32.
+pub fn dispatch(x: &Tensor, slots: &[u32], k: usize) -> CResult<Tensor> {
+    let n = x.dim(0)?;
+    if k == 0 || slots.len() != n * k {
+        candle_core::bail!("moe dispatch: {n} tokens, k = {k}, {} slots", slots.len());
+    }
+    let rows = slot_rows(slots, n * k, "moe dispatch")?;
+    x.contiguous()?.apply_op1(Dispatch {
+        slots: slots.to_vec(),
+        rows,
+        k,
+    })
+}
+
 /// `y [M, H]` (row m from slot `slots[m]` = token·k + j) and routing weights `w [N·k]` →
 /// `[N, H]`. Every slot must be used exactly once (top-k routing guarantees it).
 pub fn combine(y: &Tensor, w: &Tensor, slots: &[u32], k: usize) -> CResult<Tensor> {
@@ -108,13 +182,7 @@ pub fn combine(y: &Tensor, w: &Tensor, slots: &[u32], k: usize) -> CResult<Tenso
             slots.len()
         );
     }
-    let mut rows = vec![u32::MAX; n_slots];
-    for (m, &s) in slots.iter().enumerate() {
-        match rows.get_mut(s as usize) {
-            Some(r) if *r == u32::MAX => *r = m as u32,
-            _ => candle_core::bail!("moe combine: slot {s} used twice or out of range"),
-        }
-    }
+    let rows = slot_rows(slots, n_slots, "moe combine")?;
     y.contiguous()?
         .apply_op2(&w.contiguous()?, Combine { rows, k })
 }

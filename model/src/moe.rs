@@ -4,11 +4,12 @@
 //! y = W2·h + b2, output Σ weight·y.
 //!
 //! Only experts that received tokens run: their tokens are gathered (`index_select`), pushed
-//! through two contiguous matmuls, weighted and scattered back with one `index_add`. Expert
-//! LoRA deltas apply to the same gathered tokens. Everything is candle ops, so gradients
+//! through two contiguous matmuls, weighted and scattered back with one `index_add` (on the
+//! CPU fast path: the `dispatch` op, grouped matmuls, the `combine` op). Expert LoRA deltas
+//! apply to the same gathered tokens. Everything is candle ops, so gradients
 //! reach router and expert LoRA weights; the routing indices themselves carry no gradient.
 
-use crate::combine::combine;
+use crate::combine::{combine, dispatch};
 use crate::experts::ExpertMat;
 use crate::grouped::{GroupedLinear, GroupedLora, Segments};
 use crate::grouped_fused::{GroupedLinearLora, LoraPart, SwiGluEpilogue};
@@ -105,18 +106,15 @@ impl Moe {
         let dev = x.device();
         let inter = self.intermediate();
         let mut segs = Vec::new();
-        let mut tokens: Vec<u32> = Vec::with_capacity(n * self.top_k);
         let mut slots: Vec<u32> = Vec::with_capacity(n * self.top_k);
-        for (e, (tok, sl)) in routing.per_expert.iter().enumerate() {
-            if !tok.is_empty() {
-                segs.push((e, tokens.len(), tok.len()));
-                tokens.extend_from_slice(tok);
+        for (e, (_, sl)) in routing.per_expert.iter().enumerate() {
+            if !sl.is_empty() {
+                segs.push((e, slots.len(), sl.len()));
                 slots.extend_from_slice(sl);
             }
         }
-        let m = tokens.len();
-        let tok_t = Tensor::from_vec(tokens, m, dev)?;
-        let xs = x.index_select(&tok_t, 0)?;
+        let m = slots.len();
+        let xs = dispatch(x, &slots, self.top_k)?;
         let lora = |l: &SwitchLora, inp: &Tensor| -> Result<Tensor> {
             let op = GroupedLora {
                 segs: segs.clone(),

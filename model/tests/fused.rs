@@ -309,3 +309,31 @@ fn moe_combine_matches_composition() {
     bad[1] = bad[0];
     assert!(combine(y.as_tensor(), w.as_tensor(), &bad, k).is_err());
 }
+
+#[test]
+fn moe_dispatch_matches_index_select() {
+    use osstune_model::combine::dispatch;
+    let (n, k, h) = (11, 4, 9);
+    let slots: Vec<u32> = (0..(n * k) as u32)
+        .map(|i| (i * 13 + 7) % (n * k) as u32)
+        .collect();
+    let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
+    let x = Var::from_tensor(&randn(&[n, h], 31)).unwrap();
+    let got = dispatch(x.as_tensor(), &slots, k).unwrap();
+    let tok_t = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap();
+    let want = x.as_tensor().index_select(&tok_t, 0).unwrap();
+    assert_eq!(max_abs(&got, &want), 0.0);
+    // Each token's k rows meet different probe values, so its gradient sums k distinct terms.
+    let probe = randn(&[n * k, h], 32);
+    let (g, g_ref) = probe_grads(got, want, &probe);
+    let (a, e) = (
+        g.get(x.as_tensor()).unwrap(),
+        g_ref.get(x.as_tensor()).unwrap(),
+    );
+    assert!(max_abs(a, e) < 1e-5, "gradient max |Δ| {}", max_abs(a, e));
+    assert!(max_abs(e, &e.zeros_like().unwrap()) > 1e-2);
+    let mut bad = slots.clone();
+    bad[2] = bad[5];
+    assert!(dispatch(x.as_tensor(), &bad, k).is_err());
+    assert!(dispatch(x.as_tensor(), &slots[1..], k).is_err());
+}
