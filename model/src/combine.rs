@@ -103,7 +103,7 @@ impl CustomOp2 for Combine {
 }
 
 /// `rows[s]`: the expert-order row of routing slot `s`, checking every slot is used once.
-fn slot_rows(slots: &[u32], n_slots: usize, what: &str) -> CResult<Vec<u32>> {
+pub(crate) fn slot_rows(slots: &[u32], n_slots: usize, what: &str) -> CResult<Vec<u32>> {
     let mut rows = vec![u32::MAX; n_slots];
     for (m, &s) in slots.iter().enumerate() {
         match rows.get_mut(s as usize) {

@@ -22,6 +22,7 @@ pub mod lora;
 pub mod masked_softmax;
 pub mod model;
 pub mod moe;
+pub mod moe_fused;
 pub mod mxfp4;
 pub mod ops;
 pub mod quant;

@@ -5,16 +5,18 @@
 //!
 //! Only experts that received tokens run: their tokens are gathered (`index_select`), pushed
 //! through two contiguous matmuls, weighted and scattered back with one `index_add` (on the
-//! CPU fast path: the `dispatch` op, grouped matmuls, the `combine` op). Expert LoRA deltas
-//! apply to the same gathered tokens. Everything is candle ops, so gradients
-//! reach router and expert LoRA weights; the routing indices themselves carry no gradient.
+//! CPU fast path: one `MoeExperts` op, or with LoRA dropout the `dispatch` op, grouped matmuls
+//! and the `combine` op). Expert LoRA deltas apply to the same gathered tokens. Everything is
+//! differentiable, so gradients reach router and expert LoRA weights; the routing indices
+//! themselves carry no gradient.
 
-use crate::combine::{combine, dispatch};
+use crate::combine::{combine, dispatch, slot_rows};
 use crate::experts::ExpertMat;
 use crate::grouped::{GroupedLinear, GroupedLora, Segments};
-use crate::grouped_fused::{GroupedLinearLora, LoraPart, SwiGluEpilogue};
+use crate::grouped_fused::LoraPart;
 use crate::linear::Linear;
 use crate::lora::SwitchLora;
+use crate::moe_fused::{MoeExperts, ProjSpec};
 use crate::ops;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -84,6 +86,45 @@ fn lora_f32(l: &Option<SwitchLora>) -> bool {
     })
 }
 
+/// A projection's constants and the layout of its adapters (`(adapter, first output
+/// column)`) stacked as `grouped_fused` expects, with the stacked `(A, B)` when any is present.
+fn proj_spec(
+    mat: &ExpertMat,
+    bias: &Tensor,
+    adapters: &[(&Option<SwitchLora>, usize)],
+) -> Result<(ProjSpec, Option<(Tensor, Tensor)>)> {
+    let (mut parts, mut a_list, mut b_list) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rank0, mut brow) = (0, 0);
+    for (l, col) in adapters {
+        let Some(l) = l else { continue };
+        let len = l.out_dim();
+        parts.push(LoraPart {
+            col: *col,
+            len,
+            rank0,
+            brow,
+            scale: l.scale as f32,
+        });
+        rank0 += l.rank();
+        brow += len;
+        a_list.push(l.a.as_tensor());
+        b_list.push(l.b.as_tensor());
+    }
+    let stacked = match a_list.len() {
+        0 => None,
+        1 => Some((a_list[0].clone(), b_list[0].clone())),
+        _ => Some((Tensor::cat(&a_list, 1)?, Tensor::cat(&b_list, 1)?)),
+    };
+    let spec = ProjSpec {
+        mat: mat.clone(),
+        bias: bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        parts,
+        rt: rank0,
+        brows: brow,
+    };
+    Ok((spec, stacked))
+}
+
 impl Moe {
     /// The grouped CPU path needs f32 activations, CPU tensors and f32 adapters.
     fn grouped_ok(&self, x: &Tensor) -> bool {
@@ -100,7 +141,8 @@ impl Moe {
             && lora_f32(&self.down_lora)
     }
 
-    /// All routed rows in expert order through one op per projection (see `grouped`).
+    /// All routed rows in expert order: one `MoeExperts` op when the adapters allow it, else
+    /// dispatch, one op per projection (see `grouped`), SwiGLU and combine.
     fn forward_grouped(&self, x: &Tensor, weights: &Tensor, routing: &Routing) -> Result<Tensor> {
         let n = x.dim(0)?;
         let dev = x.device();
@@ -113,6 +155,9 @@ impl Moe {
                 slots.extend_from_slice(sl);
             }
         }
+        if let Some(out) = self.fused_experts(x, weights, &segs, &slots)? {
+            return Ok(out);
+        }
         let m = slots.len();
         let xs = dispatch(x, &slots, self.top_k)?;
         let lora = |l: &SwitchLora, inp: &Tensor| -> Result<Tensor> {
@@ -123,119 +168,86 @@ impl Moe {
             let inp = l.lora_input(inp, &slots)?;
             Ok(inp.apply_op3(l.a.as_tensor(), l.b.as_tensor(), op)?)
         };
-        let gate_up = [(&self.gate_lora, 0), (&self.up_lora, inter)];
-        let act = match self.fused_proj(
-            &xs,
-            &self.gate_up,
-            &self.gate_up_bias,
-            &segs,
-            &gate_up,
-            true,
-        )? {
-            Some(act) => act,
-            None => {
-                let mut u = xs.apply_op1(GroupedLinear {
-                    mat: self.gate_up.clone(),
-                    bias: self.gate_up_bias.to_dtype(DType::F32)?,
-                    segs: segs.clone(),
-                })?;
-                if self.gate_lora.is_some() || self.up_lora.is_some() {
-                    let zeros = || Tensor::zeros((m, inter), DType::F32, dev);
-                    let dg = match &self.gate_lora {
-                        Some(l) => lora(l, &xs)?,
-                        None => zeros()?,
-                    };
-                    let du = match &self.up_lora {
-                        Some(l) => lora(l, &xs)?,
-                        None => zeros()?,
-                    };
-                    u = (u + Tensor::cat(&[dg, du], 1)?)?;
-                }
-                ops::swiglu(&u, self.limit, self.alpha)?
-            }
-        };
-        let down = [(&self.down_lora, 0)];
-        let y = match self.fused_proj(&act, &self.down, &self.down_bias, &segs, &down, false)? {
-            Some(y) => y,
-            None => {
-                let mut y = act.apply_op1(GroupedLinear {
-                    mat: self.down.clone(),
-                    bias: self.down_bias.to_dtype(DType::F32)?,
-                    segs: segs.clone(),
-                })?;
-                if let Some(l) = &self.down_lora {
-                    y = (y + lora(l, &act)?)?;
-                }
-                y
-            }
-        };
+        let mut u = xs.apply_op1(GroupedLinear {
+            mat: self.gate_up.clone(),
+            bias: self.gate_up_bias.to_dtype(DType::F32)?,
+            segs: segs.clone(),
+        })?;
+        if self.gate_lora.is_some() || self.up_lora.is_some() {
+            let zeros = || Tensor::zeros((m, inter), DType::F32, dev);
+            let dg = match &self.gate_lora {
+                Some(l) => lora(l, &xs)?,
+                None => zeros()?,
+            };
+            let du = match &self.up_lora {
+                Some(l) => lora(l, &xs)?,
+                None => zeros()?,
+            };
+            u = (u + Tensor::cat(&[dg, du], 1)?)?;
+        }
+        let act = ops::swiglu(&u, self.limit, self.alpha)?;
+        let mut y = act.apply_op1(GroupedLinear {
+            mat: self.down.clone(),
+            bias: self.down_bias.to_dtype(DType::F32)?,
+            segs: segs.clone(),
+        })?;
+        if let Some(l) = &self.down_lora {
+            y = (y + lora(l, &act)?)?;
+        }
         Ok(combine(&y, weights, &slots, self.top_k)?)
     }
 
-    /// One `GroupedLinearLora` op for a projection and the adapters on its column blocks
-    /// (`(adapter, first output column)`); `None` when no adapter is attached, their ranks
-    /// differ or LoRA dropout is on (the caller then composes `GroupedLinear` and
-    /// `GroupedLora`, the latter on the dropped-out rows). With `swiglu` the op returns the
-    /// activation of its `[gate | up]` output instead (the gate/up projection).
-    fn fused_proj(
+    /// The whole expert half as one `MoeExperts` op; `None` when no expert adapter is attached
+    /// (the plain grouped ops then carry no LoRA), their ranks differ or LoRA dropout is on
+    /// (the composition applies it to the gathered rows).
+    fn fused_experts(
         &self,
         x: &Tensor,
-        mat: &ExpertMat,
-        bias: &Tensor,
+        weights: &Tensor,
         segs: &Segments,
-        adapters: &[(&Option<SwitchLora>, usize)],
-        swiglu: bool,
+        slots: &[u32],
     ) -> Result<Option<Tensor>> {
-        let present: Vec<(&SwitchLora, usize)> = adapters
-            .iter()
-            .filter_map(|(l, col)| l.as_ref().map(|l| (l, *col)))
-            .collect();
-        let Some((first, _)) = present.first() else {
+        let all = [&self.gate_lora, &self.up_lora, &self.down_lora];
+        let present: Vec<&SwitchLora> = all.iter().filter_map(|l| l.as_ref()).collect();
+        let Some(first) = present.first() else {
             return Ok(None);
         };
         let rank = first.rank();
         if present
             .iter()
-            .any(|(l, _)| l.rank() != rank || l.dropout.is_some())
+            .any(|l| l.rank() != rank || l.dropout.is_some())
         {
             return Ok(None);
         }
-        let (mut parts, mut a_list, mut b_list) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut rank0, mut brow) = (0, 0);
-        for (l, col) in &present {
-            let len = l.out_dim();
-            parts.push(LoraPart {
-                col: *col,
-                len,
-                rank0,
-                brow,
-                scale: l.scale as f32,
-            });
-            rank0 += rank;
-            brow += len;
-            a_list.push(l.a.as_tensor());
-            b_list.push(l.b.as_tensor());
+        let inter = self.intermediate();
+        let gate_up = [(&self.gate_lora, 0), (&self.up_lora, inter)];
+        let (gate_up, gu_ab) = proj_spec(&self.gate_up, &self.gate_up_bias, &gate_up)?;
+        let (down, dn_ab) = proj_spec(&self.down, &self.down_bias, &[(&self.down_lora, 0)])?;
+        // [A_gu | B_gu | A_d | B_d], each flattened (cat is differentiable: the packed
+        // gradient flows back to every adapter's Vars).
+        let mut pieces = Vec::new();
+        for (a, b) in gu_ab.into_iter().chain(dn_ab) {
+            pieces.push(a.flatten_all()?);
+            pieces.push(b.flatten_all()?);
         }
-        let cat = |ts: &[&Tensor]| -> Result<Tensor> {
-            Ok(match ts {
-                [t] => (*t).clone(),
-                _ => Tensor::cat(ts, 1)?,
-            })
-        };
-        let (a, b) = (cat(&a_list)?, cat(&b_list)?);
-        let op = GroupedLinearLora {
-            mat: mat.clone(),
-            bias: bias.to_dtype(DType::F32)?,
-            segs: segs.clone(),
-            parts,
+        let packed = Tensor::cat(&pieces, 0)?;
+        let op = MoeExperts {
+            gate_up,
+            down,
             rank,
-            swiglu: swiglu.then(|| SwiGluEpilogue {
-                limit: self.limit as f32,
-                alpha: self.alpha as f32,
-                saved: Default::default(),
-            }),
+            segs: segs.clone(),
+            slots: slots.to_vec(),
+            rows: slot_rows(slots, slots.len(), "moe experts")?,
+            k: self.top_k,
+            limit: self.limit as f32,
+            alpha: self.alpha as f32,
+            saved: Default::default(),
         };
-        Ok(Some(x.apply_op3(&a, &b, op)?))
+        Ok(Some(x.contiguous()?.apply_op3(
+            &weights.contiguous()?,
+            &packed,
+            op,
+        )?))
     }
 
     pub fn num_experts(&self) -> usize {

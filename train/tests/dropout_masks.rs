@@ -401,3 +401,53 @@ fn zero_rate_and_off_change_nothing() {
     let z1 = z.forward_hidden(&ids).unwrap();
     assert!(rel(&z1, &z0) < 1e-5, "{}", rel(&z1, &z0));
 }
+
+/// Without dropout the CPU f32 path is the single `MoeExperts` op (dispatch, gate/up, SwiGLU,
+/// down and combine fused); it must equal the explicit reference with all-ones masks, forward
+/// and every gradient, including the router's (through the routing weights) and the input's.
+#[test]
+fn fused_expert_op_matches_explicit_reference() {
+    let mut m = model(DType::F32);
+    attach_random(&mut m, 3);
+    let moe = &m.layers[0].moe;
+    let mut reference = moe.clone();
+    let keep_all = |d: &mut Option<LoraDropout>| *d = Some(LoraDropout { p: 0.0, seed: 1 });
+    keep_all(&mut reference.router.lora.as_mut().unwrap().dropout);
+    for l in [
+        &mut reference.gate_lora,
+        &mut reference.up_lora,
+        &mut reference.down_lora,
+    ] {
+        keep_all(&mut l.as_mut().unwrap().dropout);
+    }
+    let mut rng = SplitMix64::new(9);
+    let x = Var::from_tensor(&rand(&mut rng, &[15, 64], 1.0)).unwrap();
+    let y = moe.forward(x.as_tensor()).unwrap();
+    let want = reference_moe(&reference, x.as_tensor());
+    assert!(rel(&y, &want) < 1e-5, "forward: {}", rel(&y, &want));
+
+    let g = rand(&mut rng, y.dims(), 1.0);
+    let gs = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let rl = moe.router.lora.as_ref().unwrap();
+    let (gl, ul, dl) = (
+        moe.gate_lora.as_ref().unwrap(),
+        moe.up_lora.as_ref().unwrap(),
+        moe.down_lora.as_ref().unwrap(),
+    );
+    let vars = [
+        (&rl.a, "router A"),
+        (&rl.b, "router B"),
+        (&gl.a, "gate A"),
+        (&gl.b, "gate B"),
+        (&ul.a, "up A"),
+        (&ul.b, "up B"),
+        (&dl.a, "down A"),
+        (&dl.b, "down B"),
+        (&x, "x"),
+    ];
+    for (v, what) in vars {
+        let (o, r) = (grad(&gs, v, what), grad(&gr, v, what));
+        assert!(rel(&o, &r) < 1e-4, "d({what}): {}", rel(&o, &r));
+    }
+}
