@@ -213,11 +213,18 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     // instead of [T, T] scores and probabilities, and the loss never forms a whole chunk.
     let fused_cpu = cfg.model.device == "cpu" && elem == 4;
     let attn_per_head = if fused_cpu { 1 } else { 3 * t };
+    // Per routed row: the fused MoE op keeps the pre-activation and the expert output; the
+    // composed path also the gathered rows, the activation and the LoRA intermediates.
+    let moe_per_row = if fused_cpu {
+        2 * h + 4 * i
+    } else {
+        3 * h + 10 * i
+    };
     // Floats kept per token per layer (see the module docs for what they are).
     let per_token = 8 * h
         + 4 * (hq + 2 * hkv) * d
         + hq * attn_per_head
-        + k * (3 * h + 10 * i)
+        + k * moe_per_row
         + 3 * e
         + 4 * r * n_targets;
     let layer_act = tokens * per_token * elem;
