@@ -57,6 +57,13 @@ fn block_rows(v: usize) -> usize {
     ((8 << 20) / v.max(1)).clamp(8, 512)
 }
 
+thread_local! {
+    /// A block's logits, kept by each thread between blocks and calls: the matmul overwrites
+    /// the whole block, and a fresh 16–32 MB buffer per block would be zero-filled (or faulted
+    /// in page by page) on every micro-step for nothing.
+    static LOGITS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Σ loss over the rows of `h [rows, H]` (row-major) through `lm [V, H]`, and with
 /// `grad_scale`, d(Σ loss · grad_scale)/dh `[rows, H]`.
 pub fn linear_cross_entropy(
@@ -84,19 +91,11 @@ pub fn linear_cross_entropy(
     let block = |b: usize, dh: Option<&mut [f32]>| -> f64 {
         let r0 = b * blk;
         let n = blk.min(rows - r0);
-        let mut logits = vec![0f32; n * v];
+        let mut scratch = LOGITS.with(|l| l.take());
+        scratch.resize(n * v, 0.0);
+        let logits = &mut scratch[..];
         let hb = &h[r0 * hd..(r0 + n) * hd];
-        gemm_ld(
-            &mut logits,
-            v,
-            false,
-            (n, v, hd),
-            hb,
-            (hd, 1),
-            lm,
-            (1, hd),
-            1.0,
-        );
+        gemm_ld(logits, v, false, (n, v, hd), hb, (hd, 1), lm, (1, hd), 1.0);
         let mut loss = 0.0;
         for (i, x) in logits.chunks_mut(v).enumerate() {
             let (t, w) = (targets[r0 + i] as usize, weights[r0 + i]);
@@ -106,8 +105,9 @@ pub fn linear_cross_entropy(
             };
         }
         if let Some(dh) = dh {
-            gemm_ld(dh, hd, false, (n, hd, v), &logits, (v, 1), lm, (hd, 1), 1.0);
+            gemm_ld(dh, hd, false, (n, hd, v), logits, (v, 1), lm, (hd, 1), 1.0);
         }
+        LOGITS.with(|l| l.replace(scratch));
         loss
     };
     let nblocks = rows.div_ceil(blk);
