@@ -52,6 +52,33 @@ impl Proj<'_> {
         self.brows * self.r
     }
 
+    fn expert_a(&self, e: usize) -> &[f32] {
+        &self.a[e * self.a_len()..(e + 1) * self.a_len()]
+    }
+
+    fn expert_b(&self, e: usize) -> &[f32] {
+        &self.b[e * self.b_len()..(e + 1) * self.b_len()]
+    }
+
+    /// `t = x A_eᵀ` `[len, rt]`: every part's rank columns at once.
+    fn x_at(&self, e: usize, x: &[f32]) -> Vec<f32> {
+        let inp = self.out_in().1;
+        let len = x.len() / inp.max(1);
+        let mut t = vec![0f32; len * self.rt];
+        let a = self.expert_a(e);
+        gemm_rs(
+            &mut t,
+            false,
+            (len, self.rt, inp),
+            x,
+            (inp, 1),
+            a,
+            (1, inp),
+            1.0,
+        );
+        t
+    }
+
     /// Checks the parts fit the stacked shapes and the slices hold `experts` of each.
     pub fn check(&self, experts: usize) -> CResult<()> {
         let (out, _) = self.out_in();
@@ -81,19 +108,8 @@ impl Proj<'_> {
         }
         // t = x A_eᵀ for all parts at once, then each part's B into its columns.
         let (rt, r) = (self.rt, self.r);
-        let mut t = vec![0f32; len * rt];
-        let ae = &self.a[e * self.a_len()..(e + 1) * self.a_len()];
-        gemm_rs(
-            &mut t,
-            false,
-            (len, rt, inp),
-            x,
-            (inp, 1),
-            ae,
-            (1, inp),
-            1.0,
-        );
-        let be = &self.b[e * self.b_len()..(e + 1) * self.b_len()];
+        let t = self.x_at(e, x);
+        let be = self.expert_b(e);
         for p in self.parts {
             gemm_ld(
                 &mut d[p.col..],
@@ -130,21 +146,10 @@ impl Proj<'_> {
             return Ok(());
         }
         let (rt, r) = (self.rt, self.r);
-        let ae = &self.a[e * self.a_len()..(e + 1) * self.a_len()];
-        let be = &self.b[e * self.b_len()..(e + 1) * self.b_len()];
-        let mut t = vec![0f32; len * rt];
-        let mut dt = vec![0f32; len * rt];
+        let (ae, be) = (self.expert_a(e), self.expert_b(e));
         // t = x Aᵀ ; per part: dB_p += s gₚᵀ tₚ, dtₚ = s gₚ B_p ; dA += dtᵀ x ; dx += dt A
-        gemm_rs(
-            &mut t,
-            false,
-            (len, rt, inp),
-            x,
-            (inp, 1),
-            ae,
-            (1, inp),
-            1.0,
-        );
+        let t = self.x_at(e, x);
+        let mut dt = vec![0f32; len * rt];
         for p in self.parts {
             let gp = &g[p.col..];
             gemm_rs(

@@ -256,6 +256,35 @@ fn reference_moe(moe: &Moe, x: &Tensor) -> Tensor {
     Tensor::cat(&rows, 0).unwrap()
 }
 
+/// The gradients of Σ(y ⊙ g) and Σ(want ⊙ g), for a random g, agree (≤ 1e-4 relative) for
+/// every adapter factor of `moe` and for the input `x`.
+fn assert_moe_grads_match(moe: &Moe, x: &Var, y: &Tensor, want: &Tensor, rng: &mut SplitMix64) {
+    let g = rand(rng, y.dims(), 1.0);
+    let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (want * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let rl = moe.router.lora.as_ref().unwrap();
+    let (gl, ul, dl) = (
+        moe.gate_lora.as_ref().unwrap(),
+        moe.up_lora.as_ref().unwrap(),
+        moe.down_lora.as_ref().unwrap(),
+    );
+    let vars = [
+        (&rl.a, "router A"),
+        (&rl.b, "router B"),
+        (&gl.a, "gate A"),
+        (&gl.b, "gate B"),
+        (&ul.a, "up A"),
+        (&ul.b, "up B"),
+        (&dl.a, "down A"),
+        (&dl.b, "down B"),
+        (x, "x"),
+    ];
+    for (v, what) in vars {
+        let (o, r) = (grad(&gs, v, what), grad(&gr, v, what));
+        assert!(rel(&o, &r) < 1e-4, "d({what}): {}", rel(&o, &r));
+    }
+}
+
 #[test]
 fn expert_projections_match_explicit_mask() {
     let mut m = model(DType::F32);
@@ -281,29 +310,7 @@ fn expert_projections_match_explicit_mask() {
     };
     assert!(rel(&plain, &want) > 1e-2, "dropout made no difference");
 
-    let g = rand(&mut rng, y.dims(), 1.0);
-    let gs = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let gr = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let rl = moe.router.lora.as_ref().unwrap();
-    let (ul, dl) = (
-        moe.up_lora.as_ref().unwrap(),
-        moe.down_lora.as_ref().unwrap(),
-    );
-    let vars = [
-        (&rl.a, "router A"),
-        (&rl.b, "router B"),
-        (&gl.a, "gate A"),
-        (&gl.b, "gate B"),
-        (&ul.a, "up A"),
-        (&ul.b, "up B"),
-        (&dl.a, "down A"),
-        (&dl.b, "down B"),
-        (&x, "x"),
-    ];
-    for (v, what) in vars {
-        let (o, r) = (grad(&gs, v, what), grad(&gr, v, what));
-        assert!(rel(&o, &r) < 1e-4, "d({what}): {}", rel(&o, &r));
-    }
+    assert_moe_grads_match(moe, &x, &y, &want, &mut rng);
 }
 
 /// The per-expert loop (taken off the CPU f32 path; here: bf16) numbers gathered rows by their
@@ -426,28 +433,5 @@ fn fused_expert_op_matches_explicit_reference() {
     let want = reference_moe(&reference, x.as_tensor());
     assert!(rel(&y, &want) < 1e-5, "forward: {}", rel(&y, &want));
 
-    let g = rand(&mut rng, y.dims(), 1.0);
-    let gs = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let gr = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let rl = moe.router.lora.as_ref().unwrap();
-    let (gl, ul, dl) = (
-        moe.gate_lora.as_ref().unwrap(),
-        moe.up_lora.as_ref().unwrap(),
-        moe.down_lora.as_ref().unwrap(),
-    );
-    let vars = [
-        (&rl.a, "router A"),
-        (&rl.b, "router B"),
-        (&gl.a, "gate A"),
-        (&gl.b, "gate B"),
-        (&ul.a, "up A"),
-        (&ul.b, "up B"),
-        (&dl.a, "down A"),
-        (&dl.b, "down B"),
-        (&x, "x"),
-    ];
-    for (v, what) in vars {
-        let (o, r) = (grad(&gs, v, what), grad(&gr, v, what));
-        assert!(rel(&o, &r) < 1e-4, "d({what}): {}", rel(&o, &r));
-    }
+    assert_moe_grads_match(moe, &x, &y, &want, &mut rng);
 }
