@@ -263,15 +263,20 @@ fn fused_attention_matches_composition() {
     fused_attention_case(1, 40, (3, 1, 8), Some(200)); // window wider than the sequence
 }
 
+/// Rows in "expert order": the N·k routing slots shuffled by the permutation i ↦ (i·mul + add)
+/// mod N·k (mul coprime to N·k), and each row's token.
+fn expert_order(n: usize, k: usize, mul: u32, add: u32) -> (Vec<u32>, Vec<u32>) {
+    let nk = (n * k) as u32;
+    let slots: Vec<u32> = (0..nk).map(|i| (i * mul + add) % nk).collect();
+    let tokens = slots.iter().map(|&s| s / k as u32).collect();
+    (slots, tokens)
+}
+
 #[test]
 fn moe_combine_matches_composition() {
     use osstune_model::combine::combine;
     let (n, k, h) = (13, 3, 10);
-    // Rows in "expert order": slots shuffled by a fixed permutation.
-    let slots: Vec<u32> = (0..(n * k) as u32)
-        .map(|i| (i * 17 + 5) % (n * k) as u32)
-        .collect();
-    let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
+    let (slots, tokens) = expert_order(n, k, 17, 5);
     let y = Var::from_tensor(&randn(&[n * k, h], 21)).unwrap();
     let w = Var::from_tensor(&randn(&[n * k], 22)).unwrap();
     let got = combine(y.as_tensor(), w.as_tensor(), &slots, k).unwrap();
@@ -314,10 +319,7 @@ fn moe_combine_matches_composition() {
 fn moe_dispatch_matches_index_select() {
     use osstune_model::combine::dispatch;
     let (n, k, h) = (11, 4, 9);
-    let slots: Vec<u32> = (0..(n * k) as u32)
-        .map(|i| (i * 13 + 7) % (n * k) as u32)
-        .collect();
-    let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
+    let (slots, tokens) = expert_order(n, k, 13, 7);
     let x = Var::from_tensor(&randn(&[n, h], 31)).unwrap();
     let got = dispatch(x.as_tensor(), &slots, k).unwrap();
     let tok_t = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap();

@@ -24,12 +24,9 @@ pub(crate) struct HostStep {
     buf: Vec<f32>,
 }
 
-/// Whether `var` can take the host path: a CPU f32 parameter, f32 Newton–Schulz.
+/// Whether a Muon parameter can take the host path: a CPU f32 parameter, f32 Newton–Schulz.
 pub(crate) fn eligible(var: &Var, cfg: &MuonConfig) -> bool {
-    var.device().is_cpu()
-        && var.dtype() == DType::F32
-        && cfg.ns_dtype == crate::NsDtype::F32
-        && var.rank() >= 2
+    var.device().is_cpu() && var.dtype() == DType::F32 && cfg.ns_dtype == crate::NsDtype::F32
 }
 
 impl HostStep {
@@ -88,13 +85,13 @@ impl HostStep {
 
     /// The new values into `var`, the new momentum into `buf`.
     pub fn write(self, var: &Var, buf: &mut Tensor) -> Result<()> {
-        let dev = var.device();
-        var.set(&Tensor::from_vec(self.p, self.dims.as_slice(), dev)?)
-            .and_then(|()| {
-                *buf = Tensor::from_vec(self.buf, self.dims.as_slice(), dev)?;
-                Ok(())
-            })
-            .with_context(|| format!("Muon step on parameter {}", self.name))
+        let (dev, dims) = (var.device(), self.dims.as_slice());
+        let write = || -> candle_core::Result<()> {
+            var.set(&Tensor::from_vec(self.p, dims, dev)?)?;
+            *buf = Tensor::from_vec(self.buf, dims, dev)?;
+            Ok(())
+        };
+        write().with_context(|| format!("Muon step on parameter {}", self.name))
     }
 }
 

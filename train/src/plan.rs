@@ -10,7 +10,8 @@
 //!   log-sum-exp per query row and head; elsewhere the composed path keeps [Hq, T, T] scores
 //!   and probabilities for every layer, sliding ones included), the MoE intermediates of the k routed
 //!   experts, and the LoRA intermediates; plus, with quantized experts, the dequantized
-//!   expert matrices the autograd graph holds until backward;
+//!   expert matrices the autograd graph holds until backward, and on CPU f32 the packed copy
+//!   of each layer's expert adapters the fused MoE op takes;
 //! - backward workspace: candle's matmul backward also forms the gradient of every frozen
 //!   matrix it multiplied by (it has no "requires_grad=False"); the model's `ops::linear`
 //!   avoids that on CPU f32, but its fallback (bf16, GPU) still does, so a dense copy of the
@@ -193,13 +194,14 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
         (cfg.lora.layers as u64).min(n_layers)
     };
     let has = |t: &str| cfg.lora.targets.iter().any(|x| x == t) as u64;
+    let expert_lora =
+        (has("gate_proj") + has("up_proj")) * e * r * (h + i) + has("down_proj") * e * r * (i + h);
     let per_layer_lora = has("q_proj") * r * (h + hq * d)
         + has("k_proj") * r * (h + hkv * d)
         + has("v_proj") * r * (h + hkv * d)
         + has("o_proj") * r * (hq * d + h)
         + has("router") * r * (h + e)
-        + (has("gate_proj") + has("up_proj")) * e * r * (h + i)
-        + has("down_proj") * e * r * (i + h);
+        + expert_lora;
     let trainable = per_layer_lora * adapted;
     let lora = trainable * 4;
     let grads = 2 * lora;
@@ -239,15 +241,18 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     } else {
         dense_expert_layer + attn_w
     };
+    // The fused MoE op takes a layer's expert adapters as one packed f32 copy, kept until
+    // that layer's backward.
+    let packed_layer = if fused_cpu { expert_lora * 4 } else { 0 };
     let checkpointing = cfg.train.activation_checkpointing;
     let (activations, backward) = if checkpointing {
         (
-            n_layers * tokens * h * elem + layer_act + deq_layer,
+            n_layers * tokens * h * elem + layer_act + deq_layer + packed_layer,
             frozen_grad_layer,
         )
     } else {
         (
-            n_layers * (layer_act + deq_layer),
+            n_layers * (layer_act + deq_layer) + adapted * packed_layer,
             n_layers * frozen_grad_layer,
         )
     };

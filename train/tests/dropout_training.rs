@@ -10,10 +10,8 @@ use osstune_train::adapters::{read_safetensors, WEIGHTS_FILE};
 use osstune_train::config::TrainConfig;
 use osstune_train::export::{export, Format};
 use osstune_train::rng::SplitMix64;
-use osstune_train::trainer::{dropout_seed, Outcome, RunOptions};
+use osstune_train::trainer::{dropout_seed, RunOptions};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 const CPU: Device = Device::Cpu;
 
@@ -118,29 +116,12 @@ fn resume_is_bit_identical_with_dropout() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_data(&data, 10, 2);
-    let a = tmp.path().join("a");
-    trainer(config(&[]), &data, &a, false)
-        .run(&RunOptions::default())
-        .unwrap();
     // Interrupted after step 1 (as Ctrl-C does), then resumed to the end.
-    let b = tmp.path().join("b");
-    let stop = RunOptions {
-        resume: false,
-        progress: false,
-        stop: Arc::new(AtomicBool::new(true)),
-    };
-    let s = trainer(config(&[]), &data, &b, false).run(&stop).unwrap();
-    assert_eq!(s.outcome, Outcome::Interrupted { step: 1 });
-    let s = trainer(config(&[]), &data, &b, true)
-        .run(&RunOptions {
-            resume: true,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(s.outcome, Outcome::Finished);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    train_straight_and_resumed(|| config(&[]), &data, &a, &b, 1);
     assert_eq!(
-        std::fs::read(a.join(WEIGHTS_FILE)).unwrap(),
-        std::fs::read(b.join(WEIGHTS_FILE)).unwrap(),
+        adapters_bytes(&a),
+        adapters_bytes(&b),
         "resumed adapters differ"
     );
 }

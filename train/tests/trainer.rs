@@ -10,12 +10,6 @@ use osstune_train::checkpoint;
 use osstune_train::metrics::{read_records, Record};
 use osstune_train::trainer::{Outcome, RunOptions, Trainer};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
-fn adapters_bytes(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join(WEIGHTS_FILE)).unwrap()
-}
 
 #[test]
 fn validation_loss_falls() {
@@ -57,35 +51,10 @@ fn resume_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_data(&data, 10, 4);
-    // Uninterrupted.
-    let a = tmp.path().join("a");
-    trainer(config(&[]), &data, &a, false)
-        .run(&RunOptions::default())
-        .unwrap();
-    // Interrupted after step 1 (stop flag, as Ctrl-C sets it), again after step 2, then
-    // resumed to the end. The micro-batches run over an epoch boundary on the way.
-    let b = tmp.path().join("b");
-    let stop = || RunOptions {
-        resume: false,
-        progress: false,
-        stop: Arc::new(AtomicBool::new(true)),
-    };
-    let s = trainer(config(&[]), &data, &b, false).run(&stop()).unwrap();
-    assert_eq!(s.outcome, Outcome::Interrupted { step: 1 });
-    let s = trainer(config(&[]), &data, &b, true)
-        .run(&RunOptions {
-            resume: true,
-            ..stop()
-        })
-        .unwrap();
-    assert_eq!(s.outcome, Outcome::Interrupted { step: 2 });
-    let s = trainer(config(&[]), &data, &b, true)
-        .run(&RunOptions {
-            resume: true,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(s.outcome, Outcome::Finished);
+    // Uninterrupted; and interrupted after step 1 (stop flag, as Ctrl-C sets it), again after
+    // step 2, then resumed to the end. The micro-batches run over an epoch boundary on the way.
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    train_straight_and_resumed(|| config(&[]), &data, &a, &b, 2);
     assert_eq!(
         adapters_bytes(&a),
         adapters_bytes(&b),

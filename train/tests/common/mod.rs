@@ -3,10 +3,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use osstune_model::{GptOss, LoraDropout};
+use osstune_train::adapters::WEIGHTS_FILE;
 use osstune_train::config::TrainConfig;
 use osstune_train::rng::SplitMix64;
-use osstune_train::trainer::Trainer;
+use osstune_train::trainer::{Outcome, RunOptions, Trainer};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 pub fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/train/model")
@@ -63,6 +66,41 @@ pub fn config(extra: &[&str]) -> TrainConfig {
 pub fn trainer(cfg: TrainConfig, data: &Path, out: &Path, resume: bool) -> Trainer {
     let model = GptOss::load(model_dir(), &Device::Cpu, DType::F32).unwrap();
     Trainer::from_model(cfg, model, data, out, resume).unwrap()
+}
+
+pub fn adapters_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join(WEIGHTS_FILE)).unwrap()
+}
+
+/// Trains `cfg()` on `data` into `straight` without a break, and into `resumed` stopped after
+/// each of steps 1..=`stops` (the stop flag, as Ctrl-C sets it) and resumed each time, the
+/// last resume running to the end. Checks each run ends where it should.
+pub fn train_straight_and_resumed(
+    cfg: impl Fn() -> TrainConfig,
+    data: &Path,
+    straight: &Path,
+    resumed: &Path,
+    stops: usize,
+) {
+    trainer(cfg(), data, straight, false)
+        .run(&RunOptions::default())
+        .unwrap();
+    for step in 1..=stops {
+        let stop = RunOptions {
+            resume: step > 1,
+            progress: false,
+            stop: Arc::new(AtomicBool::new(true)),
+        };
+        let s = trainer(cfg(), data, resumed, step > 1).run(&stop).unwrap();
+        assert_eq!(s.outcome, Outcome::Interrupted { step });
+    }
+    let s = trainer(cfg(), data, resumed, true)
+        .run(&RunOptions {
+            resume: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::Finished);
 }
 
 pub fn max_abs(a: &Tensor) -> f32 {
