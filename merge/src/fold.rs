@@ -4,13 +4,13 @@
 use crate::adapter::{Adapter, Target};
 use crate::base::{interleave_rows, Base, Sel};
 use crate::plan::{output_config, plan, Enc, Format, Item, Recipe};
-use crate::requant::{dequantize_rows, quantize_rows, GROUP, GROUP_BYTES};
 use crate::st::{from_f32, round_trip, to_f32, Dtype};
 use crate::survival::Survival;
 use crate::verify::{verify, Verify};
 use crate::writer::{write_json, Naming, ShardedWriter};
 use anyhow::{bail, Context, Result};
 use osstune_model::config::Config;
+use osstune_model::quant::mxfp4::{dequantize_rows, quantize_rows, GROUP, GROUP_BYTES};
 use rayon::prelude::*;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@
 
 pub mod arch;
 pub mod config;
+pub mod device;
+pub mod error;
 pub mod generate;
 pub mod io;
 pub mod kernels;
@@ -20,4 +22,4 @@ pub mod quant;
 
 pub use arch::{Cache, GptOss};
 pub use config::Config;
-pub use lora::{LoraAdapter, LoraDropout, LoraLinear, LoraTarget, SwitchLora};
+pub use lora::{LoraAdapter, LoraDropout, LoraLinear, LoraTarget, SwitchLora, Target};

@@ -299,23 +299,12 @@ fn clock_seed() -> u64 {
 }
 
 pub fn device(d: DeviceArg) -> Result<Device> {
-    match d {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda if cfg!(feature = "cuda") => {
-            Device::new_cuda(0).context("opening CUDA device 0")
-        }
-        DeviceArg::Metal if cfg!(feature = "metal") => {
-            Device::new_metal(0).context("opening Metal device 0")
-        }
-        DeviceArg::Cuda => bail!(
-            "--device cuda: this osstune was built without CUDA (rebuild with \
-             `cargo build --release --features cuda`)"
-        ),
-        DeviceArg::Metal => bail!(
-            "--device metal: this osstune was built without Metal (rebuild with \
-             `cargo build --release --features metal`)"
-        ),
-    }
+    let name = match d {
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Cuda => "cuda",
+        DeviceArg::Metal => "metal",
+    };
+    osstune_model::device::parse_device(name).context("--device")
 }
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.

@@ -6,10 +6,11 @@
 //! seed, B = 0 — so the adapted model starts exactly equal to the base, and the first step's
 //! gradient reaches B only (∂L/∂A ∝ Bᵀ = 0). All factors are f32 whatever the base dtype.
 
-use crate::config::{TrainConfig, ALL_TARGETS};
+use crate::config::TrainConfig;
 use crate::rng::{SplitMix64, PURPOSE_INIT};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use osstune_model::{LoraTarget, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,19 +18,8 @@ use std::path::Path;
 pub const WEIGHTS_FILE: &str = "adapters.safetensors";
 pub const CONFIG_FILE: &str = "adapter_config.json";
 
-/// One adaptable projection of the base model (from `GptOss::lora_targets()`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TargetShape {
-    /// Module path, e.g. `model.layers.3.self_attn.q_proj`, `model.layers.3.mlp.experts.down_proj`.
-    pub name: String,
-    pub layer: usize,
-    /// One of `config::ALL_TARGETS`.
-    pub target: String,
-    pub d_in: usize,
-    pub d_out: usize,
-    /// `Some(E)` for per-expert (SwitchLinear) factors.
-    pub experts: Option<usize>,
-}
+/// One adaptable projection of the base model (a site of `osstune_model`'s target registry).
+pub type TargetShape = LoraTarget;
 
 /// A pair of LoRA factors.
 #[derive(Debug, Clone)]
@@ -66,14 +56,16 @@ impl AdapterConfig {
     }
 }
 
-/// The trainable adapter set, in a fixed order (layer, then `ALL_TARGETS` order).
+/// The trainable adapter set, in registry order (see `select_targets`).
 #[derive(Debug, Clone)]
 pub struct Adapters {
     pub config: AdapterConfig,
     pub pairs: Vec<LoraPair>,
 }
 
-/// Selects the targets named in the config, in the last `layers` layers (0 = all).
+/// Selects the targets named in the config: per-layer targets in the last `last_layers`
+/// layers (0 = all), model-level targets (`lm_head`) whenever named. Registry order: layer by
+/// layer, then the model-level ones.
 pub fn select_targets(
     all: &[TargetShape],
     targets: &[String],
@@ -85,23 +77,21 @@ pub fn select_targets(
     } else {
         num_layers - last_layers
     };
-    let order = |t: &str| {
-        ALL_TARGETS
-            .iter()
-            .position(|x| *x == t)
-            .unwrap_or(usize::MAX)
-    };
-    let mut sel: Vec<TargetShape> = all
+    let wanted = targets
         .iter()
-        .filter(|t| t.layer >= first && targets.contains(&t.target))
-        .cloned()
-        .collect();
-    for t in targets {
-        if !all.iter().any(|s| &s.target == t) {
-            bail!("LoRA target {t:?} does not exist in this model");
+        .map(|t| Target::parse(t))
+        .collect::<Result<Vec<_>>>()?;
+    for t in &wanted {
+        if !all.iter().any(|s| s.target == *t) {
+            bail!("LoRA target {t} does not exist in this model");
         }
     }
-    sel.sort_by_key(|t| (t.layer, order(&t.target)));
+    let mut sel: Vec<TargetShape> = all
+        .iter()
+        .filter(|s| wanted.contains(&s.target) && (!s.target.per_layer() || s.layer >= first))
+        .cloned()
+        .collect();
+    sel.sort_by_key(|s| (!s.target.per_layer(), s.layer, s.target));
     Ok(sel)
 }
 
@@ -118,7 +108,7 @@ impl Adapters {
         for (i, s) in shapes.into_iter().enumerate() {
             let (a_shape, b_shape) = factor_shapes(&s, r);
             let n: usize = a_shape.iter().product();
-            let bound = 1.0 / (s.d_in as f32).sqrt();
+            let bound = 1.0 / (s.in_dim as f32).sqrt();
             let mut rng = SplitMix64::derive(cfg.train.seed, PURPOSE_INIT, i as u64);
             let data: Vec<f32> = (0..n)
                 .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
@@ -213,7 +203,7 @@ impl Adapters {
         let n_layers = base.num_hidden_layers;
         let shapes = select_targets(all, &config.targets, 0, n_layers)?
             .into_iter()
-            .filter(|s| config.layers.contains(&s.layer));
+            .filter(|s| !s.target.per_layer() || config.layers.contains(&s.layer));
         for s in shapes {
             let (a_shape, b_shape) = factor_shapes(&s, config.rank);
             let mut take = |suffix: &str, want: &[usize]| -> Result<Var> {
@@ -267,7 +257,11 @@ fn describe(b: &BaseModelInfo) -> String {
 }
 
 fn layer_list(pairs: &[LoraPair]) -> Vec<usize> {
-    let mut l: Vec<usize> = pairs.iter().map(|p| p.shape.layer).collect();
+    let mut l: Vec<usize> = pairs
+        .iter()
+        .filter(|p| p.shape.target.per_layer())
+        .map(|p| p.shape.layer)
+        .collect();
     l.sort();
     l.dedup();
     l
@@ -276,8 +270,8 @@ fn layer_list(pairs: &[LoraPair]) -> Vec<usize> {
 /// (A shape, B shape) per design.md §2.
 pub fn factor_shapes(s: &TargetShape, r: usize) -> (Vec<usize>, Vec<usize>) {
     match s.experts {
-        Some(e) => (vec![e, r, s.d_in], vec![e, s.d_out, r]),
-        None => (vec![r, s.d_in], vec![s.d_out, r]),
+        Some(e) => (vec![e, r, s.in_dim], vec![e, s.out_dim, r]),
+        None => (vec![r, s.in_dim], vec![s.out_dim, r]),
     }
 }
 
@@ -322,7 +316,7 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
                 .with_context(|| format!("tensor {n}"))
         })
         .collect::<Result<_>>()?;
-    safetensors::tensor::serialize(views, &None).context("serialising safetensors")
+    safetensors::tensor::serialize(views, None).context("serialising safetensors")
 }
 
 /// Reads every tensor of a safetensors file (f32, bf16 or f16 → kept in its dtype).

@@ -21,13 +21,19 @@
 //!    Σ(h · dL/dh), which delivers the LoRA gradients.
 //!
 //! Only one chunk of logits is alive at a time.
+//!
+//! With an `lm_head` adapter (off by default) the logits also carry its low-rank delta, so
+//! step 1 runs per chunk through candle: each chunk's rows become a leaf, the logits
+//! `h·Wᵀ + scale·(h·Aᵀ)·Bᵀ` are formed, and one backward of Σ(logits · dL/dlogits) gives
+//! that chunk's dL/dh rows and its share of the lm_head LoRA gradients (summed over chunks).
 
 use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use osstune_model::kernels::cpu::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
-use osstune_model::GptOss;
+use osstune_model::kernels::cpu::ops;
+use osstune_model::{GptOss, LoraLinear};
 use rayon::prelude::*;
 
 /// Inputs of a micro-batch as tensors.
@@ -137,6 +143,87 @@ fn chunked_loss(
     Ok((total, grads))
 }
 
+/// What [`hidden_loss`] returns: the summed loss and, when gradients were asked for,
+/// dL/dh `[B, T, H]` and the gradients of the lm_head adapter (reached without going through
+/// h, so they are not part of the decoder's backward).
+pub struct HiddenLoss {
+    pub loss: f64,
+    pub dh: Option<Tensor>,
+    pub head: Vec<(Tensor, Tensor)>,
+}
+
+impl HiddenLoss {
+    /// Adds the lm_head adapter's gradients to the decoder's gradient store.
+    pub fn add_head_grads(&self, store: &mut GradStore) -> Result<()> {
+        for (var, g) in &self.head {
+            let sum = match store.remove(var) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            store.insert(var, sum);
+        }
+        Ok(())
+    }
+}
+
+/// With an lm_head adapter: per chunk of rows, logits through the base head and the adapter
+/// (the adapter's dropout numbers rows by their flat position, as dense projections do), host
+/// cross-entropy, and one backward of Σ(logits · dL/dlogits).
+#[allow(clippy::too_many_arguments)]
+fn head_lora_loss(
+    model: &GptOss,
+    lora: &LoraLinear,
+    h2: &Tensor,
+    rows: &[u32],
+    tg_all: &[u32],
+    w_all: &[f32],
+    rows_per_chunk: usize,
+    grad_scale: Option<f64>,
+) -> Result<(f64, Vec<Tensor>, Vec<(Tensor, Tensor)>)> {
+    let dev = h2.device();
+    let v = model.cfg.vocab_size;
+    let (mut total, mut dh) = (0.0, Vec::new());
+    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
+    let (mut ga, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
+    for part in rows.chunks(rows_per_chunk.max(1)) {
+        let hs = Var::from_tensor(&h2.index_select(&Tensor::new(part, dev)?, 0)?)?;
+        let x = hs.as_tensor();
+        let lora_in = match &lora.dropout {
+            Some(d) => d.apply(x, Some(part))?,
+            None => x.clone(),
+        };
+        let logits = (ops::linear(x, &model.lm_head, None)? + lora.delta(&lora_in)?)?;
+        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
+        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
+        let (l, g) = host_ce(&values, v, &tg, &w, grad_scale);
+        total += l;
+        let Some(g) = g else { continue };
+        let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(logits.dtype())?;
+        let gs = (logits * g)?.sum_all()?.backward()?;
+        dh.push(
+            gs.get(x)
+                .context("internal: no gradient for the head rows")?
+                .clone(),
+        );
+        let add = |acc: &mut Option<Tensor>, t: &Tensor| -> Result<()> {
+            let Some(gt) = gs.get(t) else { return Ok(()) };
+            *acc = Some(match acc.take() {
+                Some(prev) => (prev + gt)?,
+                None => gt.clone(),
+            });
+            Ok(())
+        };
+        add(&mut ga, a)?;
+        add(&mut gb, b)?;
+    }
+    let head = [(a, ga), (b, gb)]
+        .into_iter()
+        .filter_map(|(var, g)| Some((var.clone(), g?)))
+        .collect();
+    Ok((total, dh, head))
+}
+
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
 /// dL/dh [B, T, H]. Only the trained positions go through the lm_head (prompt tokens have
 /// no target), `chunk · B` rows at a time.
@@ -146,7 +233,7 @@ pub fn hidden_loss(
     bt: &BatchTensors,
     chunk: usize,
     grad_scale: Option<f64>,
-) -> Result<(f64, Option<Tensor>)> {
+) -> Result<HiddenLoss> {
     let (b, t, hd) = h.dims3()?;
     let dev = h.device();
     let w_all: Vec<f32> = bt.weights.flatten_all()?.to_vec1()?;
@@ -155,12 +242,24 @@ pub fn hidden_loss(
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
     let h2 = h.reshape((b * t, hd))?;
-    let (total, grads) = match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
-        Some(r) => r,
-        None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
+    let mut head = Vec::new();
+    let (total, grads) = if let Some(l) = &model.lm_head_lora {
+        let (total, dh, g) =
+            head_lora_loss(model, l, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?;
+        head = g;
+        (total, dh)
+    } else {
+        match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
+            Some(r) => r,
+            None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
+        }
     };
     let Some(_) = grad_scale else {
-        return Ok((total, None));
+        return Ok(HiddenLoss {
+            loss: total,
+            dh: None,
+            head,
+        });
     };
     let g = if grads.is_empty() {
         h.zeros_like()?
@@ -171,7 +270,11 @@ pub fn hidden_loss(
             .index_add(&idx, &gs, 0)?
             .reshape((b, t, hd))?
     };
-    Ok((total, Some(g)))
+    Ok(HiddenLoss {
+        loss: total,
+        dh: Some(g),
+        head,
+    })
 }
 
 /// Forward + backward of one micro-batch. Returns the summed token loss and the gradients of
@@ -183,15 +286,16 @@ pub fn micro_step(
     grad_scale: f64,
 ) -> Result<(f64, GradStore)> {
     let hidden = model.forward_hidden(&bt.inputs)?;
-    let (loss, g) = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
-    let g = g.context("internal: no hidden gradient")?;
+    let out = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
+    let g = out.dh.as_ref().context("internal: no hidden gradient")?;
     let g = g.to_dtype(hidden.dtype())?;
-    let grads = (hidden * g)?.sum_all()?.backward()?;
-    Ok((loss, grads))
+    let mut grads = (hidden * g)?.sum_all()?.backward()?;
+    out.add_head_grads(&mut grads)?;
+    Ok((out.loss, grads))
 }
 
 /// Summed token loss of a micro-batch, no gradients.
 pub fn eval_loss(model: &GptOss, bt: &BatchTensors, chunk: usize) -> Result<f64> {
     let hidden = model.forward_hidden(&bt.inputs)?.detach();
-    Ok(hidden_loss(model, &hidden, bt, chunk, None)?.0)
+    Ok(hidden_loss(model, &hidden, bt, chunk, None)?.loss)
 }

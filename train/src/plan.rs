@@ -28,7 +28,7 @@
 
 use crate::config::TrainConfig;
 use anyhow::{Context, Result};
-use osstune_model::Config;
+use osstune_model::{Config, LoraTarget, Target};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -193,16 +193,25 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     } else {
         (cfg.lora.layers as u64).min(n_layers)
     };
-    let has = |t: &str| cfg.lora.targets.iter().any(|x| x == t) as u64;
-    let expert_lora =
-        (has("gate_proj") + has("up_proj")) * e * r * (h + i) + has("down_proj") * e * r * (i + h);
-    let per_layer_lora = has("q_proj") * r * (h + hq * d)
-        + has("k_proj") * r * (h + hkv * d)
-        + has("v_proj") * r * (h + hkv * d)
-        + has("o_proj") * r * (hq * d + h)
-        + has("router") * r * (h + e)
-        + expert_lora;
-    let trainable = per_layer_lora * adapted;
+    // LoRA parameters from the target registry: per-layer targets in every adapted layer,
+    // model-level ones (lm_head) once.
+    let chosen = cfg
+        .lora
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).map(|t| LoraTarget::new(t, 0, &mc)))
+        .collect::<Result<Vec<_>>>()?;
+    let params = |per_layer: bool, experts: bool| -> u64 {
+        chosen
+            .iter()
+            .filter(|s| s.target.per_layer() == per_layer && s.target.is_expert() == experts)
+            .map(|s| s.params(cfg.lora.rank) as u64)
+            .sum()
+    };
+    let expert_lora = params(true, true);
+    let per_layer_lora = params(true, false) + expert_lora;
+    let model_lora = params(false, false) + params(false, true);
+    let trainable = per_layer_lora * adapted + model_lora;
     let lora = trainable * 4;
     let grads = 2 * lora;
     let optimizer = lora;
@@ -210,7 +219,7 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let b = cfg.train.micro_batch as u64;
     let t = cfg.data.max_seq_len as u64;
     let tokens = b * t;
-    let n_targets = cfg.lora.targets.len() as u64;
+    let n_targets = chosen.iter().filter(|s| s.target.per_layer()).count() as u64;
     // CPU f32 runs the fused kernels: attention keeps one log-sum-exp per query row and head
     // instead of [T, T] scores and probabilities, and the loss never forms a whole chunk.
     let fused_cpu = cfg.model.device == "cpu" && elem == 4;

@@ -6,7 +6,9 @@ use crate::arch::moe::Moe;
 use crate::arch::rope::RopeTable;
 use crate::config::Config;
 use crate::kernels::cpu::ops;
-use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraTarget};
+use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
+use crate::lora::targets::{self, LoraTarget, Target};
+use crate::lora::LoraDropout;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -30,6 +32,8 @@ pub struct GptOss {
     pub norm: Tensor,
     /// `[V, H]`
     pub lm_head: Tensor,
+    /// The lm_head's adapter (the `lm_head` LoRA target; off by default).
+    pub lm_head_lora: Option<LoraLinear>,
     pub rope: RopeTable,
     pub device: Device,
     pub dtype: DType,
@@ -59,7 +63,9 @@ impl Cache {
 }
 
 impl Block {
-    fn forward(
+    /// One decoder layer: `x + Attn(RMSNorm(x))`, then `+ MoE(RMSNorm(·))`. Also what the
+    /// trainer's activation checkpointing recomputes.
+    pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
@@ -83,7 +89,7 @@ impl GptOss {
     }
 
     fn run(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut Cache>) -> Result<Tensor> {
-        let (b, t) = ids.dims2().context("input ids must be [B, T]")?;
+        let (_, t) = ids.dims2().context("input ids must be [B, T]")?;
         if t == 0 {
             bail!("empty input");
         }
@@ -93,11 +99,7 @@ impl GptOss {
         if max_id >= v {
             bail!("token id {max_id} is outside the vocabulary (size {v})");
         }
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
+        let mut x = self.embed_tokens(&ids)?;
         let (cos, sin) = self.rope.cos_sin(offset, t, &self.device)?;
         let eps = self.cfg.rms_norm_eps;
         for (l, block) in self.layers.iter().enumerate() {
@@ -114,6 +116,13 @@ impl GptOss {
                 .with_context(|| format!("layer {l}"))?;
         }
         Ok(ops::rms_norm(&x, &self.norm, eps)?)
+    }
+
+    /// `ids [B, T]` → embeddings `[B, T, H]`.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2().context("input ids must be [B, T]")?;
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        Ok(x.reshape((b, t, self.cfg.hidden_size))?)
     }
 
     /// Inference: `ids [B, T]` at positions `offset..offset+T` → logits `[B, T, V]`,
@@ -133,75 +142,78 @@ impl GptOss {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let hd = self.cfg.hidden_size;
         let mut shape = hidden.dims().to_vec();
-        let y = ops::linear(&hidden.reshape(((), hd))?, &self.lm_head, None)?;
+        let h2 = hidden.reshape(((), hd))?;
+        let mut y = ops::linear(&h2, &self.lm_head, None)?;
+        if let Some(l) = &self.lm_head_lora {
+            y = (y + l.delta(&l.lora_input(&h2)?)?)?;
+        }
         let last = shape.len() - 1;
         shape[last] = self.cfg.vocab_size;
         Ok(y.reshape(shape)?)
     }
 
-    /// Every adaptable projection, in layer order (names per docs/design.md §2).
+    /// Every adaptable projection (the registry's sites for this model's shape).
     pub fn lora_targets(&self) -> Vec<LoraTarget> {
-        let c = &self.cfg;
-        let (h, d) = (c.hidden_size, c.head_dim);
-        let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let (e, i) = (c.num_local_experts, c.intermediate_size);
-        let mut out = Vec::new();
-        for l in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let dense = |name: String, in_dim, out_dim| LoraTarget {
-                name,
-                in_dim,
-                out_dim,
-                experts: None,
-            };
-            out.push(dense(format!("{p}.self_attn.q_proj"), h, q));
-            out.push(dense(format!("{p}.self_attn.k_proj"), h, kv));
-            out.push(dense(format!("{p}.self_attn.v_proj"), h, kv));
-            out.push(dense(format!("{p}.self_attn.o_proj"), q, h));
-            out.push(dense(format!("{p}.mlp.router"), h, e));
-            for (n, i_d, o_d) in [("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)] {
-                out.push(LoraTarget {
-                    name: format!("{p}.mlp.experts.{n}"),
-                    in_dim: i_d,
-                    out_dim: o_d,
-                    experts: Some(e),
-                });
-            }
+        targets::all_sites(&self.cfg)
+    }
+
+    /// The adapter slot of `target` at `layer` (the one place that maps registry targets to
+    /// the fields that hold their adapters).
+    pub fn lora_slot(&mut self, target: Target, layer: usize) -> Result<LoraSlot<'_>> {
+        if target == Target::LmHead {
+            return Ok(LoraSlot::Dense(&mut self.lm_head_lora));
         }
-        out
+        let n = self.layers.len();
+        let b = self
+            .layers
+            .get_mut(layer)
+            .with_context(|| format!("{target} at layer {layer}: the model has {n} layers"))?;
+        Ok(match target {
+            Target::Q => LoraSlot::Dense(&mut b.attn.q_proj.lora),
+            Target::K => LoraSlot::Dense(&mut b.attn.k_proj.lora),
+            Target::V => LoraSlot::Dense(&mut b.attn.v_proj.lora),
+            Target::O => LoraSlot::Dense(&mut b.attn.o_proj.lora),
+            Target::Router => LoraSlot::Dense(&mut b.moe.router.lora),
+            Target::Gate => LoraSlot::Experts(&mut b.moe.gate_lora),
+            Target::Up => LoraSlot::Experts(&mut b.moe.up_lora),
+            Target::Down => LoraSlot::Experts(&mut b.moe.down_lora),
+            Target::LmHead => unreachable!("handled above"),
+        })
+    }
+
+    /// Calls `f` with every adaptable site and its slot, in registry order.
+    pub fn visit_lora(
+        &mut self,
+        mut f: impl FnMut(&LoraTarget, LoraSlot<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for site in self.lora_targets() {
+            let slot = self.lora_slot(site.target, site.layer)?;
+            f(&site, slot)?;
+        }
+        Ok(())
     }
 
     /// Attaches (or replaces) the adapter of projection `name` (a `lora_targets()` name).
     pub fn attach_lora(&mut self, name: &str, adapter: impl Into<LoraAdapter>) -> Result<()> {
-        let target = self
+        let site = self
             .lora_targets()
             .into_iter()
             .find(|t| t.name == name)
             .with_context(|| format!("unknown LoRA target {name}"))?;
-        let layer = target.layer().context("target without a layer index")?;
-        let block = &mut self.layers[layer];
-        match adapter.into() {
-            LoraAdapter::Linear(l) => {
-                check_linear(&target, &l)?;
-                let slot = match target.kind() {
-                    "q_proj" => &mut block.attn.q_proj.lora,
-                    "k_proj" => &mut block.attn.k_proj.lora,
-                    "v_proj" => &mut block.attn.v_proj.lora,
-                    "o_proj" => &mut block.attn.o_proj.lora,
-                    "router" => &mut block.moe.router.lora,
-                    other => bail!("{name}: no dense slot {other}"),
-                };
+        match (self.lora_slot(site.target, site.layer)?, adapter.into()) {
+            (LoraSlot::Dense(slot), LoraAdapter::Linear(l)) => {
+                check_linear(&site, &l)?;
                 *slot = Some(l);
             }
-            LoraAdapter::Switch(l) => {
-                check_switch(&target, &l)?;
-                let slot = match target.kind() {
-                    "gate_proj" => &mut block.moe.gate_lora,
-                    "up_proj" => &mut block.moe.up_lora,
-                    "down_proj" => &mut block.moe.down_lora,
-                    other => bail!("{name}: no expert slot {other}"),
-                };
+            (LoraSlot::Experts(slot), LoraAdapter::Switch(l)) => {
+                check_switch(&site, &l)?;
                 *slot = Some(l);
+            }
+            (LoraSlot::Dense(_), LoraAdapter::Switch(_)) => {
+                bail!("{name} is a dense projection: attach a LoraLinear")
+            }
+            (LoraSlot::Experts(_), LoraAdapter::Linear(_)) => {
+                bail!("{name} is an expert projection: attach a SwitchLora")
             }
         }
         Ok(())
@@ -209,15 +221,22 @@ impl GptOss {
 
     /// Removes every adapter (the forward is the base model again).
     pub fn clear_lora(&mut self) {
-        for b in &mut self.layers {
-            b.attn.q_proj.lora = None;
-            b.attn.k_proj.lora = None;
-            b.attn.v_proj.lora = None;
-            b.attn.o_proj.lora = None;
-            b.moe.router.lora = None;
-            b.moe.gate_lora = None;
-            b.moe.up_lora = None;
-            b.moe.down_lora = None;
-        }
+        // Cannot fail: every registry site of this model has a slot.
+        let _ = self.visit_lora(|_, slot| {
+            slot.clear();
+            Ok(())
+        });
+    }
+
+    /// Turns LoRA dropout on for the forwards that follow (`Some`: p and this forward's seed)
+    /// or off (`None`, or p = 0). Every attached adapter gets `d.for_target(its name)`;
+    /// adapters attached later start without dropout. The trainer sets it around each training
+    /// micro-step only (see `lora::dropout`).
+    pub fn set_lora_dropout(&mut self, d: Option<LoraDropout>) {
+        let d = d.filter(|d| d.p > 0.0);
+        let _ = self.visit_lora(|site, slot| {
+            slot.set_dropout(d.map(|d| d.for_target(&site.name)));
+            Ok(())
+        });
     }
 }

@@ -11,6 +11,7 @@
 //! themselves carry no gradient.
 
 use crate::arch::linear::Linear;
+use crate::error::NonFinite;
 use crate::kernels::cpu::expert_proj::LoraPart;
 use crate::kernels::cpu::grouped::{GroupedLinear, GroupedLora, Segments};
 use crate::kernels::cpu::moe_experts::{MoeExperts, ProjSpec};
@@ -18,7 +19,7 @@ use crate::kernels::cpu::ops;
 use crate::kernels::cpu::routing::{combine, dispatch, slot_rows};
 use crate::lora::adapter::SwitchLora;
 use crate::quant::experts::ExpertMat;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 #[derive(Debug, Clone)]
@@ -60,7 +61,10 @@ fn route(logits: &Tensor, k: usize) -> Result<Routing> {
     for t in 0..n {
         let row = &flat[t * e..(t + 1) * e];
         if row.iter().any(|v| v.is_nan()) {
-            bail!("router produced NaN logits (token {t})");
+            return Err(NonFinite {
+                what: format!("router produced NaN logits (token {t})"),
+            }
+            .into());
         }
         order.clear();
         order.extend(0..e as u32);

@@ -14,6 +14,7 @@ use crate::arch::moe::Moe;
 use crate::arch::rope::RopeTable;
 use crate::config::Config;
 use crate::io::checkpoint::Checkpoint;
+use crate::io::layout::ExpertLayout;
 use crate::quant::affine::{self, QuantMode};
 use crate::quant::experts::ExpertMat;
 use crate::quant::mxfp4;
@@ -154,7 +155,14 @@ impl Loader<'_> {
         let (e, h, i) = (c.num_local_experts, c.hidden_size, c.intermediate_size);
         let p = format!("model.layers.{l}.mlp.experts");
         let perm = deinterleave_index(2 * i, self.dev)?;
-        if self.ck.contains(&format!("{p}.gate_up_proj_blocks")) {
+        let layout = ExpertLayout::detect(|n| self.ck.contains(n), l).with_context(|| {
+            format!(
+                "missing tensor {} in {}",
+                ExpertLayout::expected(l),
+                self.ck.dir().display()
+            )
+        })?;
+        if layout == ExpertLayout::HfMxfp4 {
             // HF MXFP4: rows interleaved gate/up; the row permutation moves whole groups.
             let gb = self.u8_bytes(&format!("{p}.gate_up_proj_blocks"), &[e, 2 * i, h / 32, 16])?;
             let gs = self.u8_bytes(&format!("{p}.gate_up_proj_scales"), &[e, 2 * i, h / 32])?;
@@ -173,7 +181,7 @@ impl Loader<'_> {
                 },
                 self.float(&format!("{p}.down_proj_bias"), &[e, h])?,
             ))
-        } else if self.ck.contains(&format!("{p}.gate_up_proj")) {
+        } else if layout == ExpertLayout::HfDense {
             // HF dense: [E, H, 2I] used as x @ W; interleave along the last axis.
             let gu = self.float(&format!("{p}.gate_up_proj"), &[e, h, 2 * i])?;
             let gu = gu.index_select(&perm, 2)?.transpose(1, 2)?.contiguous()?;
@@ -186,7 +194,7 @@ impl Loader<'_> {
                 ExpertMat::Dense(down),
                 self.float(&format!("{p}.down_proj_bias"), &[e, h])?,
             ))
-        } else if self.ck.contains(&format!("{p}.gate_proj.weight")) {
+        } else {
             let gate = self.switch(&format!("{p}.gate_proj"), e, i, h)?;
             let up = self.switch(&format!("{p}.up_proj"), e, i, h)?;
             let gate_up = concat_rows(gate, up).with_context(|| format!("{p}: gate/up"))?;
@@ -200,12 +208,6 @@ impl Loader<'_> {
             let down = self.switch(&format!("{p}.down_proj"), e, h, i)?;
             let down_bias = self.float(&format!("{p}.down_proj.bias"), &[e, h])?;
             Ok((gate_up, bias, down, down_bias))
-        } else {
-            bail!(
-                "missing tensor {p}.gate_up_proj_blocks (MXFP4), {p}.gate_up_proj (dense) or \
-                 {p}.gate_proj.weight (MLX) in {}",
-                self.ck.dir().display()
-            )
         }
     }
 
@@ -325,6 +327,7 @@ impl GptOss {
             layers,
             norm,
             lm_head,
+            lm_head_lora: None,
             rope,
             device: dev.clone(),
             dtype,

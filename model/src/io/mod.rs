@@ -2,5 +2,6 @@
 //! [`crate::GptOss`] from one ([`load`]), and seeded random checkpoints ([`tiny`]).
 
 pub mod checkpoint;
+pub mod layout;
 pub mod load;
 pub mod tiny;

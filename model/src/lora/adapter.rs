@@ -10,34 +10,9 @@
 //! where `GptOss::set_lora_dropout` sets it and the LoRA path then reads `lora_input(x)`.
 
 use crate::lora::dropout::LoraDropout;
+use crate::lora::targets::LoraTarget;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
-
-/// One adaptable projection of the model, as listed by `GptOss::lora_targets()`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoraTarget {
-    /// Adapter tensor-name prefix, e.g. `model.layers.3.self_attn.q_proj`,
-    /// `model.layers.3.mlp.router`, `model.layers.3.mlp.experts.gate_proj`.
-    pub name: String,
-    /// Input features of the base matrix.
-    pub in_dim: usize,
-    /// Output features of the base matrix.
-    pub out_dim: usize,
-    /// `Some(E)` for expert projections (A is `[E, r, in]`, B is `[E, out, r]`).
-    pub experts: Option<usize>,
-}
-
-impl LoraTarget {
-    /// The short target kind used in `adapter_config.json` (`q_proj`, `router`, `gate_proj`, …).
-    pub fn kind(&self) -> &str {
-        self.name.rsplit('.').next().unwrap_or(&self.name)
-    }
-
-    /// The layer index parsed from the name.
-    pub fn layer(&self) -> Option<usize> {
-        self.name.split('.').nth(2).and_then(|s| s.parse().ok())
-    }
-}
 
 /// Low-rank delta for a dense projection.
 #[derive(Debug, Clone)]
@@ -227,4 +202,35 @@ pub(crate) fn check_switch(target: &LoraTarget, lora: &SwitchLora) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// Where the adapter of one site lives in the model (see `GptOss::lora_slot`).
+pub enum LoraSlot<'a> {
+    Dense(&'a mut Option<LoraLinear>),
+    Experts(&'a mut Option<SwitchLora>),
+}
+
+impl LoraSlot<'_> {
+    pub fn clear(self) {
+        match self {
+            LoraSlot::Dense(s) => *s = None,
+            LoraSlot::Experts(s) => *s = None,
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        match self {
+            LoraSlot::Dense(s) => s.is_some(),
+            LoraSlot::Experts(s) => s.is_some(),
+        }
+    }
+
+    /// Sets the dropout of the attached adapter (nothing when the slot is empty).
+    pub fn set_dropout(self, d: Option<LoraDropout>) {
+        match self {
+            LoraSlot::Dense(Some(l)) => l.dropout = d,
+            LoraSlot::Experts(Some(l)) => l.dropout = d,
+            _ => {}
+        }
+    }
 }

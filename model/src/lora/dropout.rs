@@ -9,12 +9,12 @@
 //! Masks are stateless, so nothing about them needs saving or replaying: entry (row, col) of an
 //! adapter's mask is a pure function of (seed, row, col). The trainer derives one seed per
 //! training micro-step from (run seed, optimizer step, micro-batch index) and
-//! [`GptOss::set_lora_dropout`] mixes each adapter's name into it. `--resume` therefore draws
+//! `GptOss::set_lora_dropout` mixes each adapter's name into it. `--resume` therefore draws
 //! the same masks as an uninterrupted run, and activation checkpointing's recompute (which runs
 //! a layer's forward again) draws exactly the masks of the first forward.
 //!
 //! The hash: with counter c = row · cols + col, u = the c-th output of SplitMix64 started at
-//! state `seed` (= mix(seed + (c+1)·γ), the stream of `osstune_train::rng::SplitMix64`), top
+//! state `seed` (= mix(seed + (c+1)·γ), the stream of `osstune_rng::SplitMix64`), top
 //! 24 bits as a uniform in [0, 1); the entry is kept iff u ≥ p. Dense projections number the
 //! rows of their flattened `[B·T, in]` input; expert projections number a gathered row by its
 //! routing slot t·k + j (token t's j-th expert), so the mask does not depend on which code path
@@ -26,25 +26,12 @@
 //! With p > 0 the projections take their unfused compositions (base op on x + LoRA op on
 //! dropout(x)), since the fused ops feed one input to both paths.
 
-use crate::arch::gpt_oss::GptOss;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// SplitMix64's output function.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The `c`-th output (0-based) of SplitMix64 started at state `seed`, without the c draws
-/// before it.
-pub fn splitmix_at(seed: u64, c: u64) -> u64 {
-    mix(seed.wrapping_add(c.wrapping_add(1).wrapping_mul(GAMMA)))
-}
+pub use osstune_rng::splitmix_at;
+use osstune_rng::{mix, GAMMA};
 
 /// FNV-1a, 64 bit: a stable hash of an adapter's name.
 fn fnv1a(s: &str) -> u64 {
@@ -107,52 +94,16 @@ impl LoraDropout {
     }
 }
 
-impl GptOss {
-    /// Turns LoRA dropout on for the forwards that follow (`Some`: p and this forward's seed)
-    /// or off (`None`, or p = 0). Every attached adapter gets `d.for_target(its name)`;
-    /// adapters attached later start without dropout. The trainer sets it around each training
-    /// micro-step only (see the module docs).
-    pub fn set_lora_dropout(&mut self, d: Option<LoraDropout>) {
-        let d = d.filter(|d| d.p > 0.0);
-        for (l, b) in self.layers.iter_mut().enumerate() {
-            let at = |n: &str| d.map(|d| d.for_target(&format!("model.layers.{l}.{n}")));
-            let dense = [
-                ("self_attn.q_proj", &mut b.attn.q_proj.lora),
-                ("self_attn.k_proj", &mut b.attn.k_proj.lora),
-                ("self_attn.v_proj", &mut b.attn.v_proj.lora),
-                ("self_attn.o_proj", &mut b.attn.o_proj.lora),
-                ("mlp.router", &mut b.moe.router.lora),
-            ];
-            for (n, slot) in dense {
-                if let Some(lora) = slot {
-                    lora.dropout = at(n);
-                }
-            }
-            let experts = [
-                ("mlp.experts.gate_proj", &mut b.moe.gate_lora),
-                ("mlp.experts.up_proj", &mut b.moe.up_lora),
-                ("mlp.experts.down_proj", &mut b.moe.down_lora),
-            ];
-            for (n, slot) in experts {
-                if let Some(lora) = slot {
-                    lora.dropout = at(n);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn splitmix_at_is_the_stream() {
-        // Reference stream: state += γ, output mix(state).
-        let mut s = 12345u64;
+        // Random access equals the sequential stream.
+        let mut s = osstune_rng::SplitMix64::new(12345);
         for c in 0..10 {
-            s = s.wrapping_add(GAMMA);
-            assert_eq!(splitmix_at(12345, c), mix(s));
+            assert_eq!(splitmix_at(12345, c), s.next_u64());
         }
     }
 

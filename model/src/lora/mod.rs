@@ -3,6 +3,8 @@
 
 pub mod adapter;
 pub mod dropout;
+pub mod targets;
 
-pub use adapter::{LoraAdapter, LoraLinear, LoraTarget, SwitchLora};
+pub use adapter::{LoraAdapter, LoraLinear, LoraSlot, SwitchLora};
 pub use dropout::LoraDropout;
+pub use targets::{LoraTarget, Target};
