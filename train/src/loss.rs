@@ -25,10 +25,8 @@
 use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
-use osstune_model::kernels::cpu::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
-use osstune_model::GptOss;
-use rayon::prelude::*;
+use candle_core::{Device, Tensor};
+use osstune_model::{kernels, GptOss};
 
 /// Inputs of a micro-batch as tensors.
 pub struct BatchTensors {
@@ -48,95 +46,6 @@ impl BatchTensors {
     }
 }
 
-/// Cross-entropy over rows of logits on the host (the device-generic path: logits come from
-/// candle): summed weighted loss and, with `scale`, d loss / d logits. Rows in parallel,
-/// losses added in row order (deterministic).
-fn host_ce(
-    logits: &[f32],
-    v: usize,
-    targets: &[u32],
-    weights: &[f32],
-    scale: Option<f64>,
-) -> (f64, Option<Vec<f32>>) {
-    let row = |r: usize| (targets[r] as usize, weights[r]);
-    match scale {
-        Some(s) => {
-            let mut g = logits.to_vec();
-            let losses: Vec<f64> = g
-                .par_chunks_mut(v)
-                .enumerate()
-                .map(|(r, x)| ce_row_grad(x, row(r).0, row(r).1, s))
-                .collect();
-            (losses.iter().sum(), Some(g))
-        }
-        None => {
-            let losses: Vec<f64> = logits
-                .par_chunks(v)
-                .enumerate()
-                .map(|(r, x)| ce_row(x, row(r).0, row(r).1))
-                .collect();
-            (losses.iter().sum(), None)
-        }
-    }
-}
-
-/// CPU f32: the trained rows through the fused lm_head + loss kernel in one call.
-fn cpu_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    grad_scale: Option<f64>,
-) -> Result<Option<(f64, Vec<Tensor>)>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(h2) || !f32_cpu(&model.lm_head) {
-        return Ok(None);
-    }
-    let hs = h2.index_select(&Tensor::new(rows, h2.device())?, 0)?;
-    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
-    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
-    let out = linear_cross_entropy_cpu(&hs, &model.lm_head, &tg, &w, grad_scale)?;
-    Ok(out.map(|(loss, dh)| (loss, dh.into_iter().collect())))
-}
-
-/// Other devices/dtypes: logits from candle `rows_per_chunk` rows at a time, cross-entropy on
-/// the host, dL/dhs = dL/dlogits · lm_head per chunk.
-fn chunked_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    rows_per_chunk: usize,
-    grad_scale: Option<f64>,
-) -> Result<(f64, Vec<Tensor>)> {
-    let dev = h2.device();
-    let v = model.cfg.vocab_size;
-    let lm = &model.lm_head;
-    let mut total = 0.0;
-    let mut grads = Vec::new();
-    for part in rows.chunks(rows_per_chunk.max(1)) {
-        let idx = Tensor::new(part, dev)?;
-        let hs = h2.index_select(&idx, 0)?;
-        let logits: Vec<f32> = model
-            .logits(&hs)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
-        total += l;
-        if let Some(g) = g {
-            // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
-            let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(lm.dtype())?;
-            grads.push(g.matmul(lm)?);
-        }
-    }
-    Ok((total, grads))
-}
-
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
 /// dL/dh [B, T, H]. Only the trained positions go through the lm_head (prompt tokens have
 /// no target), `chunk · B` rows at a time.
@@ -154,19 +63,19 @@ pub fn hidden_loss(
     let rows: Vec<u32> = (0..w_all.len() as u32)
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
-    let h2 = h.reshape((b * t, hd))?;
-    let (total, grads) = match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
-        Some(r) => r,
-        None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
-    };
-    let Some(_) = grad_scale else {
+    let idx = Tensor::new(rows.as_slice(), dev)?;
+    let hs = h.reshape((b * t, hd))?.index_select(&idx, 0)?;
+    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
+    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
+    let (total, dh) =
+        kernels::linear_cross_entropy(&hs, &model.lm_head, (&tg, &w), grad_scale, chunk * b)?;
+    let Some(dh) = dh else {
         return Ok((total, None));
     };
-    let g = if grads.is_empty() {
+    let g = if rows.is_empty() {
         h.zeros_like()?
     } else {
-        let idx = Tensor::new(rows.as_slice(), dev)?;
-        let gs = Tensor::cat(&grads, 0)?.to_dtype(h.dtype())?;
+        let gs = dh.to_dtype(h.dtype())?;
         Tensor::zeros((b * t, hd), h.dtype(), dev)?
             .index_add(&idx, &gs, 0)?
             .reshape((b, t, hd))?

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use osstune_model::arch::gpt_oss::Block;
-use osstune_model::{kernels::cpu::ops, GptOss};
+use osstune_model::{kernels, GptOss};
 
 fn block_forward(
     model: &GptOss,
@@ -30,10 +30,10 @@ fn block_forward(
     sin: &Tensor,
 ) -> Result<Tensor> {
     let eps = model.cfg.rms_norm_eps;
-    let h = ops::rms_norm(x, &block.input_norm, eps)?;
+    let h = kernels::rms_norm(x, &block.input_norm, eps)?;
     let x = (x + block.attn.forward(&h, cos, sin, 0, None)?)?;
     let (b, t, hd) = x.dims3()?;
-    let h = ops::rms_norm(&x, &block.post_norm, eps)?.reshape((b * t, hd))?;
+    let h = kernels::rms_norm(&x, &block.post_norm, eps)?.reshape((b * t, hd))?;
     let y = block.moe.forward(&h)?.reshape((b, t, hd))?;
     Ok((x + y)?)
 }
@@ -67,7 +67,7 @@ pub fn micro_step(
     }
     // Final norm and loss on a leaf of the last layer's output.
     let last = Var::from_tensor(&x)?;
-    let hidden = ops::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
+    let hidden = kernels::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
     let (loss, g) = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
     let g = g.context("internal: no hidden gradient")?;
     let mut grads = (hidden * g.to_dtype(x.dtype())?)?.sum_all()?.backward()?;

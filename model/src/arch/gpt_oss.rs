@@ -5,7 +5,7 @@ use crate::arch::attention::{Attention, LayerCache};
 use crate::arch::moe::Moe;
 use crate::arch::rope::RopeTable;
 use crate::config::Config;
-use crate::kernels::cpu::ops;
+use crate::kernels;
 use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraTarget};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -68,10 +68,10 @@ impl Block {
         eps: f64,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        let h = ops::rms_norm(x, &self.input_norm, eps)?;
+        let h = kernels::rms_norm(x, &self.input_norm, eps)?;
         let x = (x + self.attn.forward(&h, cos, sin, offset, cache)?)?;
         let (b, t, hd) = x.dims3()?;
-        let h = ops::rms_norm(&x, &self.post_norm, eps)?.reshape((b * t, hd))?;
+        let h = kernels::rms_norm(&x, &self.post_norm, eps)?.reshape((b * t, hd))?;
         let y = self.moe.forward(&h)?.reshape((b, t, hd))?;
         Ok((x + y)?)
     }
@@ -113,7 +113,7 @@ impl GptOss {
                 .forward(&x, &cos, &sin, offset, eps, c)
                 .with_context(|| format!("layer {l}"))?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, eps)?)
+        Ok(kernels::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// Inference: `ids [B, T]` at positions `offset..offset+T` → logits `[B, T, V]`,
@@ -133,7 +133,7 @@ impl GptOss {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let hd = self.cfg.hidden_size;
         let mut shape = hidden.dims().to_vec();
-        let y = ops::linear(&hidden.reshape(((), hd))?, &self.lm_head, None)?;
+        let y = kernels::linear(&hidden.reshape(((), hd))?, &self.lm_head, None)?;
         let last = shape.len() - 1;
         shape[last] = self.cfg.vocab_size;
         Ok(y.reshape(shape)?)
