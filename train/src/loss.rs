@@ -31,10 +31,8 @@ use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use osstune_model::kernels::cpu::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
-use osstune_model::kernels::cpu::ops;
+use osstune_model::kernels::{self, reference::host_ce};
 use osstune_model::{GptOss, LoraLinear};
-use rayon::prelude::*;
 
 /// Inputs of a micro-batch as tensors.
 pub struct BatchTensors {
@@ -52,95 +50,6 @@ impl BatchTensors {
             weights: Tensor::from_vec(mb.weights.clone(), shape, device)?,
         })
     }
-}
-
-/// Cross-entropy over rows of logits on the host (the device-generic path: logits come from
-/// candle): summed weighted loss and, with `scale`, d loss / d logits. Rows in parallel,
-/// losses added in row order (deterministic).
-fn host_ce(
-    logits: &[f32],
-    v: usize,
-    targets: &[u32],
-    weights: &[f32],
-    scale: Option<f64>,
-) -> (f64, Option<Vec<f32>>) {
-    let row = |r: usize| (targets[r] as usize, weights[r]);
-    match scale {
-        Some(s) => {
-            let mut g = logits.to_vec();
-            let losses: Vec<f64> = g
-                .par_chunks_mut(v)
-                .enumerate()
-                .map(|(r, x)| ce_row_grad(x, row(r).0, row(r).1, s))
-                .collect();
-            (losses.iter().sum(), Some(g))
-        }
-        None => {
-            let losses: Vec<f64> = logits
-                .par_chunks(v)
-                .enumerate()
-                .map(|(r, x)| ce_row(x, row(r).0, row(r).1))
-                .collect();
-            (losses.iter().sum(), None)
-        }
-    }
-}
-
-/// CPU f32: the trained rows through the fused lm_head + loss kernel in one call.
-fn cpu_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    grad_scale: Option<f64>,
-) -> Result<Option<(f64, Vec<Tensor>)>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(h2) || !f32_cpu(&model.lm_head) {
-        return Ok(None);
-    }
-    let hs = h2.index_select(&Tensor::new(rows, h2.device())?, 0)?;
-    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
-    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
-    let out = linear_cross_entropy_cpu(&hs, &model.lm_head, &tg, &w, grad_scale)?;
-    Ok(out.map(|(loss, dh)| (loss, dh.into_iter().collect())))
-}
-
-/// Other devices/dtypes: logits from candle `rows_per_chunk` rows at a time, cross-entropy on
-/// the host, dL/dhs = dL/dlogits · lm_head per chunk.
-fn chunked_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    rows_per_chunk: usize,
-    grad_scale: Option<f64>,
-) -> Result<(f64, Vec<Tensor>)> {
-    let dev = h2.device();
-    let v = model.cfg.vocab_size;
-    let lm = &model.lm_head;
-    let mut total = 0.0;
-    let mut grads = Vec::new();
-    for part in rows.chunks(rows_per_chunk.max(1)) {
-        let idx = Tensor::new(part, dev)?;
-        let hs = h2.index_select(&idx, 0)?;
-        let logits: Vec<f32> = model
-            .logits(&hs)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
-        total += l;
-        if let Some(g) = g {
-            // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
-            let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(lm.dtype())?;
-            grads.push(g.matmul(lm)?);
-        }
-    }
-    Ok((total, grads))
 }
 
 /// What [`hidden_loss`] returns: the summed loss and, when gradients were asked for,
@@ -166,64 +75,6 @@ impl HiddenLoss {
     }
 }
 
-/// With an lm_head adapter: per chunk of rows, logits through the base head and the adapter
-/// (the adapter's dropout numbers rows by their flat position, as dense projections do), host
-/// cross-entropy, and one backward of Σ(logits · dL/dlogits).
-#[allow(clippy::too_many_arguments)]
-fn head_lora_loss(
-    model: &GptOss,
-    lora: &LoraLinear,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    rows_per_chunk: usize,
-    grad_scale: Option<f64>,
-) -> Result<(f64, Vec<Tensor>, Vec<(Tensor, Tensor)>)> {
-    let dev = h2.device();
-    let v = model.cfg.vocab_size;
-    let (mut total, mut dh) = (0.0, Vec::new());
-    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
-    let (mut ga, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
-    for part in rows.chunks(rows_per_chunk.max(1)) {
-        let hs = Var::from_tensor(&h2.index_select(&Tensor::new(part, dev)?, 0)?)?;
-        let x = hs.as_tensor();
-        let lora_in = match &lora.dropout {
-            Some(d) => d.apply(x, Some(part))?,
-            None => x.clone(),
-        };
-        let logits = (ops::linear(x, &model.lm_head, None)? + lora.delta(&lora_in)?)?;
-        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = host_ce(&values, v, &tg, &w, grad_scale);
-        total += l;
-        let Some(g) = g else { continue };
-        let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(logits.dtype())?;
-        let gs = (logits * g)?.sum_all()?.backward()?;
-        dh.push(
-            gs.get(x)
-                .context("internal: no gradient for the head rows")?
-                .clone(),
-        );
-        let add = |acc: &mut Option<Tensor>, t: &Tensor| -> Result<()> {
-            let Some(gt) = gs.get(t) else { return Ok(()) };
-            *acc = Some(match acc.take() {
-                Some(prev) => (prev + gt)?,
-                None => gt.clone(),
-            });
-            Ok(())
-        };
-        add(&mut ga, a)?;
-        add(&mut gb, b)?;
-    }
-    let head = [(a, ga), (b, gb)]
-        .into_iter()
-        .filter_map(|(var, g)| Some((var.clone(), g?)))
-        .collect();
-    Ok((total, dh, head))
-}
-
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
 /// dL/dh [B, T, H]. Only the trained positions go through the lm_head (prompt tokens have
 /// no target), `chunk · B` rows at a time.
@@ -241,31 +92,34 @@ pub fn hidden_loss(
     let rows: Vec<u32> = (0..w_all.len() as u32)
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
-    let h2 = h.reshape((b * t, hd))?;
-    let mut head = Vec::new();
-    let (total, grads) = if let Some(l) = &model.lm_head_lora {
-        let (total, dh, g) =
-            head_lora_loss(model, l, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?;
-        head = g;
-        (total, dh)
-    } else {
-        match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
-            Some(r) => r,
-            None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
+    let idx = Tensor::new(rows.as_slice(), dev)?;
+    let hs = h.reshape((b * t, hd))?.index_select(&idx, 0)?;
+    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
+    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
+    let (total, dh, head) = match &model.lm_head_lora {
+        Some(l) => head_lora_loss(model, l, &hs, &rows, (&tg, &w), grad_scale, chunk * b)?,
+        None => {
+            let (total, dh) = kernels::linear_cross_entropy(
+                &hs,
+                &model.lm_head,
+                (&tg, &w),
+                grad_scale,
+                chunk * b,
+            )?;
+            (total, dh, Vec::new())
         }
     };
-    let Some(_) = grad_scale else {
+    let Some(dh) = dh else {
         return Ok(HiddenLoss {
             loss: total,
             dh: None,
             head,
         });
     };
-    let g = if grads.is_empty() {
+    let g = if rows.is_empty() {
         h.zeros_like()?
     } else {
-        let idx = Tensor::new(rows.as_slice(), dev)?;
-        let gs = Tensor::cat(&grads, 0)?.to_dtype(h.dtype())?;
+        let gs = dh.to_dtype(h.dtype())?;
         Tensor::zeros((b * t, hd), h.dtype(), dev)?
             .index_add(&idx, &gs, 0)?
             .reshape((b, t, hd))?
@@ -275,6 +129,68 @@ pub fn hidden_loss(
         dh: Some(g),
         head,
     })
+}
+
+/// The loss with an lm_head adapter: per chunk of rows, logits through the base head and
+/// the adapter (its dropout numbers rows by their flat position, as dense projections do),
+/// host cross-entropy, and one backward of Σ(logits · dL/dlogits). Returns the loss, dL/dhs
+/// `[rows, H]` and the adapter's gradients.
+type HeadLoss = (f64, Option<Tensor>, Vec<(Tensor, Tensor)>);
+
+fn head_lora_loss(
+    model: &GptOss,
+    lora: &LoraLinear,
+    hs: &Tensor,
+    rows: &[u32],
+    (tg, w): (&[u32], &[f32]),
+    grad_scale: Option<f64>,
+    rows_per_chunk: usize,
+) -> Result<HeadLoss> {
+    let (n, hd) = hs.dims2()?;
+    let v = model.cfg.vocab_size;
+    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
+    let (mut total, mut dh) = (0.0, Vec::new());
+    let (mut ga, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let step = rows_per_chunk.max(1);
+    for r0 in (0..n).step_by(step) {
+        let part = r0..(r0 + step).min(n);
+        let leaf = Var::from_tensor(&hs.narrow(0, r0, part.len())?)?;
+        let x = leaf.as_tensor();
+        let lora_in = match &lora.dropout {
+            Some(d) => d.apply(x, Some(&rows[part.clone()]))?,
+            None => x.clone(),
+        };
+        let logits = (kernels::linear(x, &model.lm_head, None)? + lora.delta(&lora_in)?)?;
+        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (l, g) = host_ce(&values, v, &tg[part.clone()], &w[part.clone()], grad_scale);
+        total += l;
+        let Some(g) = g else { continue };
+        let g = Tensor::from_vec(g, (part.len(), v), hs.device())?.to_dtype(logits.dtype())?;
+        let gs = (logits * g)?.sum_all()?.backward()?;
+        dh.push(
+            gs.get(x)
+                .context("internal: no gradient for the head rows")?
+                .clone(),
+        );
+        for (acc, t) in [(&mut ga, a), (&mut gb, b)] {
+            if let Some(gt) = gs.get(t) {
+                *acc = Some(match acc.take() {
+                    Some(prev) => (prev + gt)?,
+                    None => gt.clone(),
+                });
+            }
+        }
+    }
+    let dh = match grad_scale {
+        None => None,
+        Some(_) if dh.is_empty() => Some(Tensor::zeros((0, hd), hs.dtype(), hs.device())?),
+        Some(_) => Some(Tensor::cat(&dh, 0)?),
+    };
+    let head = [(a, ga), (b, gb)]
+        .into_iter()
+        .filter_map(|(var, g)| Some((var.clone(), g?)))
+        .collect();
+    Ok((total, dh, head))
 }
 
 /// Forward + backward of one micro-batch. Returns the summed token loss and the gradients of

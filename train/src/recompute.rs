@@ -19,7 +19,7 @@ use crate::loss::{hidden_loss, BatchTensors};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use osstune_model::{kernels::cpu::ops, GptOss};
+use osstune_model::{kernels, GptOss};
 
 /// Forward + backward of one micro-batch with per-layer recomputation. Same contract as
 /// `loss::micro_step`.
@@ -44,7 +44,7 @@ pub fn micro_step(
     }
     // Final norm and loss on a leaf of the last layer's output.
     let last = Var::from_tensor(&x)?;
-    let hidden = ops::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
+    let hidden = kernels::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
     let out = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
     let g = out.dh.as_ref().context("internal: no hidden gradient")?;
     let mut grads = (hidden * g.to_dtype(x.dtype())?)?.sum_all()?.backward()?;

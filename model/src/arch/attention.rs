@@ -2,11 +2,9 @@
 //! causal mask with an optional sliding window of W keys including the query itself.
 
 use crate::arch::linear::Linear;
-use crate::kernels::cpu::attention::try_fused_attention;
-use crate::kernels::cpu::masked_softmax::{masked_sink_softmax, CausalMask};
-use crate::kernels::cpu::ops;
+use crate::kernels::{self, reference, AttentionShape, CausalMask};
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -50,80 +48,47 @@ impl Attention {
         offset: usize,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (hq, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = hq / hkv;
-        let dtype = x.dtype();
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        let t = x.dims()[1];
+        let shape = AttentionShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
         };
         let (q, k, v) = (
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
             self.v_proj.forward(x)?,
         );
-        if cache.is_none() {
+        let Some(c) = cache else {
             let mask = CausalMask {
                 q0: offset,
                 k0: offset,
                 window: self.window,
             };
-            let shape = (hq, hkv, d);
-            if let Some(o) = try_fused_attention(&q, &k, &v, cos, sin, &self.sinks, shape, mask)? {
-                return self.o_proj.forward(&o);
-            }
-        }
-        let q = heads(q, hq)?;
-        let k = heads(k, hkv)?;
-        let v = heads(v, hkv)?;
-        let (cos, sin) = if dtype == DType::F32 {
-            (cos.clone(), sin.clone())
-        } else {
-            (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?)
+            let o = kernels::attention(&q, &k, &v, (cos, sin, &self.sinks), shape, mask)?;
+            return self.o_proj.forward(&o);
         };
-        let q = ops::rope(&q, &cos, &sin)?;
-        let k = ops::rope(&k, &cos, &sin)?;
-
-        let (k, v) = match cache {
+        // Cached decoding: the new keys join the cache, then the composition over all of them.
+        let (q, k, v) = reference::split_heads(&q, &k, &v, (cos, sin), shape)?;
+        let (k, v) = match &c.kv {
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, &k], 2)?.contiguous()?,
+                Tensor::cat(&[pv, &v], 2)?.contiguous()?,
+            ),
             None => (k, v),
-            Some(c) => {
-                let (k, v) = match &c.kv {
-                    Some((pk, pv)) => (
-                        Tensor::cat(&[pk, &k], 2)?.contiguous()?,
-                        Tensor::cat(&[pv, &v], 2)?.contiguous()?,
-                    ),
-                    None => (k, v),
-                };
-                let tk = k.dims()[2];
-                let keep = match self.window {
-                    Some(w) if tk > w => (k.narrow(2, tk - w, w)?, v.narrow(2, tk - w, w)?),
-                    _ => (k.clone(), v.clone()),
-                };
-                c.kv = Some(keep);
-                (k, v)
-            }
         };
         let tk = k.dims()[2];
-        let k0 = offset + t - tk;
-
-        // GQA without repeating K/V: query heads kv·rep..kv·rep+rep share KV head kv, so
-        // [B, Hq, T, D] is viewed as [B, Hkv, rep·T, D].
-        let scale = 1.0 / (d as f64).sqrt();
-        let qg = (q * scale)?.reshape((b, hkv, rep * t, d))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, hq, t, tk))?;
-        let sinks = self.sinks.to_dtype(dtype)?;
+        let keep = match self.window {
+            Some(w) if tk > w => (k.narrow(2, tk - w, w)?, v.narrow(2, tk - w, w)?),
+            _ => (k.clone(), v.clone()),
+        };
+        c.kv = Some(keep);
         let mask = CausalMask {
             q0: offset,
-            k0,
+            k0: offset + t - tk,
             window: self.window,
         };
-        let probs = masked_sink_softmax(&scores, &sinks, mask)?;
-        let out = probs
-            .reshape((b, hkv, rep * t, tk))?
-            .matmul(&v)?
-            .reshape((b, hq, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, hq * d))?;
+        let out = reference::attention_heads(&q, &k, &v, &self.sinks, shape, mask)?;
         self.o_proj.forward(&out)
     }
 }

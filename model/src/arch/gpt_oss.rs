@@ -5,7 +5,7 @@ use crate::arch::attention::{Attention, LayerCache};
 use crate::arch::moe::Moe;
 use crate::arch::rope::RopeTable;
 use crate::config::Config;
-use crate::kernels::cpu::ops;
+use crate::kernels;
 use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
 use crate::lora::targets::{self, LoraTarget, Target};
 use crate::lora::LoraDropout;
@@ -74,10 +74,10 @@ impl Block {
         eps: f64,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        let h = ops::rms_norm(x, &self.input_norm, eps)?;
+        let h = kernels::rms_norm(x, &self.input_norm, eps)?;
         let x = (x + self.attn.forward(&h, cos, sin, offset, cache)?)?;
         let (b, t, hd) = x.dims3()?;
-        let h = ops::rms_norm(&x, &self.post_norm, eps)?.reshape((b * t, hd))?;
+        let h = kernels::rms_norm(&x, &self.post_norm, eps)?.reshape((b * t, hd))?;
         let y = self.moe.forward(&h)?.reshape((b, t, hd))?;
         Ok((x + y)?)
     }
@@ -115,7 +115,7 @@ impl GptOss {
                 .forward(&x, &cos, &sin, offset, eps, c)
                 .with_context(|| format!("layer {l}"))?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, eps)?)
+        Ok(kernels::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// `ids [B, T]` → embeddings `[B, T, H]`.
@@ -143,7 +143,7 @@ impl GptOss {
         let hd = self.cfg.hidden_size;
         let mut shape = hidden.dims().to_vec();
         let h2 = hidden.reshape(((), hd))?;
-        let mut y = ops::linear(&h2, &self.lm_head, None)?;
+        let mut y = kernels::linear(&h2, &self.lm_head, None)?;
         if let Some(l) = &self.lm_head_lora {
             y = (y + l.delta(&l.lora_input(&h2)?)?)?;
         }

@@ -17,20 +17,19 @@
 //! the backward, whose key/value gradients collect from every block; the matmuls inside a
 //! task run single-threaded.
 
-use crate::kernels::cpu::grouped::gemm_ld;
-use crate::kernels::cpu::masked_softmax::CausalMask;
-use crate::kernels::cpu::ops::{contiguous_f32, fast_exp, max_f32, simd, storage_f32, sum_f32};
+use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
+use crate::kernels::gemm::gemm_ld;
+use crate::kernels::mask::CausalMask;
+use crate::kernels::op::{contiguous_f32, storage_f32, CResult, Saved};
+use crate::kernels::AttentionShape;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
-
-type CResult<T> = candle_core::Result<T>;
 
 /// Rows of scores per block (query positions × heads sharing a KV head): large enough for
 /// efficient matmuls, small enough that a causal block wastes little on hidden keys.
 const BLOCK_ROWS: usize = 256;
 
-pub struct FusedAttention {
+struct FusedAttention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -41,7 +40,7 @@ pub struct FusedAttention {
     /// `[Hq]`
     sinks: Vec<f32>,
     /// `[B, Hq, T]` log-sum-exp of each query row, from the forward for the backward.
-    lse: Mutex<Vec<f32>>,
+    lse: Saved<Vec<f32>>,
 }
 
 /// Where one `(batch, KV head)` group's block lives: query positions `i0..i1`, score rows
@@ -220,10 +219,7 @@ impl CustomOp3 for FusedAttention {
                 lse_all[(bi * hq + h) * t + i] = l;
             }
         }
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse lock".into()))? = lse_all;
+        self.lse.put(lse_all)?;
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -238,7 +234,7 @@ impl CustomOp3 for FusedAttention {
         let (b, t, _) = q.dims3()?;
         let (hq, hkv, d, rep) = (self.n_heads, self.n_kv_heads, self.head_dim, self.rep());
         let grad = grad.contiguous()?.to_dtype(DType::F32)?;
-        // The op's inputs and output are contiguous f32 (see `try_fused_attention`).
+        // The op's inputs and output are contiguous f32 (see `attention`).
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -249,11 +245,7 @@ impl CustomOp3 for FusedAttention {
         let vv = storage_f32(&vs, vl, "attention v")?;
         let ov = storage_f32(&os, ol, "attention output")?;
         let gv = storage_f32(&gs, gl, "attention gradient")?;
-        let lse = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse lock".into()))?
-            .clone();
+        let lse = self.lse.get()?;
         if lse.len() != b * hq * t {
             candle_core::bail!("fused attention: backward without a matching forward");
         }
@@ -385,35 +377,32 @@ impl FusedAttention {
     }
 }
 
-/// The attention core (see the module docs) when the fast path applies: CPU, f32, no cache.
-/// `None` means "use the composed path".
-#[allow(clippy::too_many_arguments)]
-pub fn try_fused_attention(
+/// Whether the shape suits this kernel: whole groups of query heads per KV head, and an even
+/// head dimension (RoPE's two halves).
+pub(crate) fn eligible(shape: AttentionShape) -> bool {
+    shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && shape.head_dim % 2 == 0
+}
+
+/// The attention core (see the module docs) on CPU f32 `q`, `k`, `v`.
+pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    sinks: &Tensor,
-    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    (cos, sin, sinks): (&Tensor, &Tensor, &Tensor),
+    shape: AttentionShape,
     mask: CausalMask,
-) -> CResult<Option<Tensor>> {
-    let f32_cpu = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
-    if ![q, k, v].iter().all(|x| f32_cpu(x)) || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
-        return Ok(None);
-    }
+) -> CResult<Tensor> {
     let host =
         |x: &Tensor| -> CResult<Vec<f32>> { x.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
     let op = FusedAttention {
-        n_heads,
-        n_kv_heads,
-        head_dim,
+        n_heads: shape.n_heads,
+        n_kv_heads: shape.n_kv_heads,
+        head_dim: shape.head_dim,
         mask,
         cos: host(cos)?,
         sin: host(sin)?,
         sinks: host(sinks)?,
-        lse: Mutex::new(Vec::new()),
+        lse: Saved::default(),
     };
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    Ok(Some(q.apply_op3(&k, &v, op)?))
+    q.apply_op3(k, v, op)
 }

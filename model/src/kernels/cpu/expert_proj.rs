@@ -4,19 +4,19 @@
 //!
 //! gate/up share one `[M, 2I]` output (gate columns, then up columns) with separate adapters:
 //! their A are stacked along the rank axis (`[E, R, in]`, R = Σ r_p) and their B along the
-//! output axis (`[E, Σ out_p, r]`), so one `x·Aᵀ` serves both. The MoE op (`moe_fused.rs`)
+//! output axis (`[E, Σ out_p, r]`), so one `x·Aᵀ` serves both. The MoE op (`moe_experts.rs`)
 //! runs a segment's gate/up, SwiGLU and down back to back through these kernels. Base weights
 //! are constants (no gradient); quantized experts are dequantized per call.
 
-use crate::kernels::cpu::grouped::{gemm_ld, gemm_rs, with_expert};
+use crate::kernels::cpu::grouped::with_expert;
+use crate::kernels::gemm::{gemm_ld, gemm_rs};
+use crate::kernels::op::CResult;
 use crate::quant::experts::ExpertMat;
-
-type CResult<T> = candle_core::Result<T>;
 
 /// One adapter of a grouped projection: output columns `col..col+len`, rank columns
 /// `rank0..rank0+r` of the stacked A, rows `brow..brow+len` of the stacked B.
 #[derive(Debug, Clone, Copy)]
-pub struct LoraPart {
+pub(crate) struct LoraPart {
     pub col: usize,
     pub len: usize,
     pub rank0: usize,

@@ -1,4 +1,5 @@
-//! CPU fast path of the MoE: grouped (segment-wise) expert matmuls as single autograd ops.
+//! Grouped (segment-wise) expert matmuls as single autograd ops, for the MoE on the CPU when
+//! the whole expert half cannot run as one op (`moe_experts.rs`), e.g. under LoRA dropout.
 //!
 //! Tokens are gathered once in expert order (`xs [M, in]`, M = N·k); segment `(e, start,
 //! len)` rows go through expert `e`. One op per projection instead of a dozen per expert
@@ -6,7 +7,8 @@
 //! weights are constants captured by the op; quantized experts are dequantized per expert
 //! inside the op, forward and backward, so nothing dense outlives the call.
 
-use crate::kernels::cpu::ops::contiguous_f32;
+use crate::kernels::gemm::gemm_rs;
+use crate::kernels::op::{contiguous_f32, num_threads, CResult};
 use crate::quant::experts::ExpertMat;
 use crate::quant::mxfp4;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
@@ -14,24 +16,11 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-type CResult<T> = candle_core::Result<T>;
-
 /// `(expert, first row, rows)`
-pub type Segments = Vec<(usize, usize, usize)>;
-
-fn threads(work: usize) -> gemm::Parallelism {
-    let n = crate::kernels::cpu::ops::num_threads();
-    // Inside a rayon task (`for_segments`, the fused attention's blocks) the caller already
-    // keeps every thread busy: nested splitting would only add synchronisation.
-    if n > 1 && work > 1 << 16 && rayon::current_thread_index().is_none() {
-        gemm::Parallelism::Rayon(n)
-    } else {
-        gemm::Parallelism::None
-    }
-}
+pub(crate) type Segments = Vec<(usize, usize, usize)>;
 
 /// Runs `f` on every segment's work item: one segment per task when there are enough to
-/// keep the threads busy (their gemms then run single-threaded, see `threads`), else in
+/// keep the threads busy (their gemms then run single-threaded, see `gemm::threads`), else in
 /// order with each gemm split across threads. Segment-level tasks need no synchronisation
 /// inside a segment's handful of small matmuls, which is where per-gemm splitting lost time.
 ///
@@ -43,7 +32,7 @@ pub(crate) fn for_segments<X: Send>(
     items: Vec<(&(usize, usize, usize), X)>,
     f: impl Fn((&(usize, usize, usize), X)) -> CResult<()> + Sync + Send,
 ) -> CResult<()> {
-    let n = crate::kernels::cpu::ops::num_threads();
+    let n = num_threads();
     if items.len() < 2 * n {
         return items.into_iter().try_for_each(f);
     }
@@ -104,68 +93,6 @@ pub(crate) fn segment_experts<'a>(
         .collect()
 }
 
-/// dst[m×n] (row-major, += if `acc`) = beta · a[m×k] · b[k×n], with explicit (row, col)
-/// strides.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_rs(
-    dst: &mut [f32],
-    acc: bool,
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-    beta: f32,
-) {
-    gemm_ld(dst, n, acc, (m, n, k), a, a_strides, b, b_strides, beta)
-}
-
-/// `gemm_rs` into a column block of a wider row-major matrix: dst rows are `dst_rs` apart.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_ld(
-    dst: &mut [f32],
-    dst_rs: usize,
-    acc: bool,
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-    beta: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
-    assert!(k == 0 || (a.len() > (m - 1) * a_rs + (k - 1) * a_cs));
-    assert!(k == 0 || (b.len() > (k - 1) * b_rs + (n - 1) * b_cs));
-    // SAFETY: every (row, col) addressed through the strides lies inside the slices, as
-    // checked above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            threads(m * n * k),
-        )
-    }
-}
-
 /// Runs `f` on expert `e`'s `[out, in]` f32 row-major weights.
 pub(crate) fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
     let (out, inp) = mat.out_in();
@@ -216,7 +143,7 @@ pub(crate) fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -
 }
 
 /// `ys[rows of segment e] = xs[rows] · W_eᵀ + b_e`.
-pub struct GroupedLinear {
+pub(crate) struct GroupedLinear {
     pub mat: ExpertMat,
     /// `[E, out]` f32
     pub bias: Tensor,
@@ -276,7 +203,7 @@ impl CustomOp1 for GroupedLinear {
 }
 
 /// `ys[rows of e] = scale · (xs[rows] · A_eᵀ) · B_eᵀ` with gradients for xs, A and B.
-pub struct GroupedLora {
+pub(crate) struct GroupedLora {
     pub segs: Segments,
     pub scale: f32,
 }

@@ -9,14 +9,15 @@
 //! nothing to f32 accumulation. Block losses are added in block order: the result does not
 //! depend on the thread count or scheduling (exact `--resume` relies on that).
 
-use crate::kernels::cpu::grouped::gemm_ld;
-use crate::kernels::cpu::ops::{fast_exp, max_f32, simd, storage_f32, sum_f32};
+use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
+use crate::kernels::gemm::gemm_ld;
+use crate::kernels::op::storage_f32;
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 /// Loss of one row of logits `x` with target `t` and weight `w`.
-pub fn ce_row(x: &[f32], t: usize, w: f32) -> f64 {
+pub(crate) fn ce_row(x: &[f32], t: usize, w: f32) -> f64 {
     simd(|| {
         let max = max_f32(x, f32::NEG_INFINITY);
         let mut e = [0f32; 512];
@@ -32,7 +33,7 @@ pub fn ce_row(x: &[f32], t: usize, w: f32) -> f64 {
 }
 
 /// `ce_row`, and the row is overwritten with its gradient w·s·(softmax(x) − onehot(t)).
-pub fn ce_row_grad(x: &mut [f32], t: usize, w: f32, s: f64) -> f64 {
+pub(crate) fn ce_row_grad(x: &mut [f32], t: usize, w: f32, s: f64) -> f64 {
     simd(|| {
         let max = max_f32(x, f32::NEG_INFINITY);
         let xt = x[t];
@@ -57,6 +58,11 @@ fn block_rows(v: usize) -> usize {
     ((8 << 20) / v.max(1)).clamp(8, 512)
 }
 
+/// Bytes of the logits blocks alive at once: one block per thread.
+pub(crate) fn workspace_bytes(threads: u64, v: u64) -> u64 {
+    threads * block_rows(v as usize) as u64 * v * 4
+}
+
 thread_local! {
     /// A block's logits, kept by each thread between blocks and calls: the matmul overwrites
     /// the whole block, and a fresh 16–32 MB buffer per block would be zero-filled (or faulted
@@ -66,7 +72,7 @@ thread_local! {
 
 /// Σ loss over the rows of `h [rows, H]` (row-major) through `lm [V, H]`, and with
 /// `grad_scale`, d(Σ loss · grad_scale)/dh `[rows, H]`.
-pub fn linear_cross_entropy(
+pub(crate) fn linear_cross_entropy(
     h: &[f32],
     lm: &[f32],
     hd: usize,
@@ -133,20 +139,15 @@ pub fn linear_cross_entropy(
 }
 
 /// `linear_cross_entropy` on tensors: the rows `h [rows, H]` and the model's lm_head `[V, H]`
-/// are read in place (the lm_head is 2.3 GB in f32 for gpt-oss: no host copy). Returns the
-/// summed loss and, with `grad_scale`, dh `[rows, H]`; `None` unless both are f32 on the CPU.
-pub fn linear_cross_entropy_cpu(
+/// (contiguous f32 on the CPU) are read in place (the lm_head is 2.3 GB in f32 for gpt-oss: no
+/// host copy). Returns the summed loss and, with `grad_scale`, dh `[rows, H]`.
+pub(crate) fn linear_cross_entropy_tensors(
     h: &Tensor,
     lm: &Tensor,
     targets: &[u32],
     weights: &[f32],
     grad_scale: Option<f64>,
-) -> Result<Option<(f64, Option<Tensor>)>> {
-    let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !fits(h) || !fits(lm) {
-        return Ok(None);
-    }
-    let (h, lm) = (h.contiguous()?, lm.contiguous()?);
+) -> Result<(f64, Option<Tensor>)> {
     let (rows, hd) = h.dims2()?;
     let (hs, hl) = h.storage_and_layout();
     let (ls, ll) = lm.storage_and_layout();
@@ -157,7 +158,7 @@ pub fn linear_cross_entropy_cpu(
         Some(d) => Some(Tensor::from_vec(d, (rows, hd), h.device())?),
         None => None,
     };
-    Ok(Some((loss, dh)))
+    Ok((loss, dh))
 }
 
 #[cfg(test)]

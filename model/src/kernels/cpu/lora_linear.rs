@@ -1,17 +1,15 @@
-//! CPU fast path of a dense projection with its LoRA: `y = x Wᵀ + b + s·(x Aᵀ) Bᵀ` as one
+//! A dense projection with its LoRA on the CPU: `y = x Wᵀ + b + s·(x Aᵀ) Bᵀ` as one
 //! autograd op with inputs `(x, A, B)`.
 //!
 //! The composed version is seven graph nodes (base linear, two transposes, two matmuls, the
 //! scale, the add); each costs a zero-filled gradient buffer and an add in candle's backward,
 //! and candle's matmul backward also materializes transposed copies. Here `W`/`b` are
-//! constants captured by the op (no gradient, as in `ops::linear`) and the backward forms
+//! constants captured by the op (no gradient, as in `kernels::linear`) and the backward forms
 //! `dx`, `dA`, `dB` directly with five small GEMMs.
 
-use crate::kernels::cpu::grouped::gemm_rs;
-use crate::kernels::cpu::ops::{contiguous_f32, storage_f32};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-
-type CResult<T> = candle_core::Result<T>;
+use crate::kernels::gemm::gemm_rs;
+use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 struct LoraLinearOp {
     /// `[out, in]` f32, contiguous, on the CPU.
@@ -143,24 +141,19 @@ impl CustomOp3 for LoraLinearOp {
     }
 }
 
-/// `Some(x Wᵀ + b + scale·(x Aᵀ) Bᵀ)` for `x [m, in]` when everything is contiguous f32 on the
-/// CPU; `None` when the caller must take the device-generic path.
-pub fn try_lora_linear(
+/// `x Wᵀ + b + scale·(x Aᵀ) Bᵀ` for contiguous f32 `x [m, in]` and weights on the CPU.
+pub(crate) fn lora_linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
-) -> CResult<Option<Tensor>> {
-    let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
-    if !(ok(x) && ok(weight) && ok(a) && ok(b) && bias.is_none_or(ok)) {
-        return Ok(None);
-    }
+) -> CResult<Tensor> {
     let op = LoraLinearOp {
         weight: weight.clone(),
         bias: bias.cloned(),
         scale: scale as f32,
     };
-    x.apply_op3(a, b, op).map(Some)
+    x.apply_op3(a, b, op)
 }

@@ -5,61 +5,14 @@
 //! exponentiates the masked entries only to get zeros. Here each query row only touches its
 //! visible key range `lo..hi`: the other probabilities are exactly 0, as before (exp(−inf)
 //! is 0 and adding 0 to the row sum changes nothing), and the backward is one pass over
-//! `(y, g)` instead of four candle ops. Other devices/dtypes fall back to mask + candle ops.
+//! `(y, g)` instead of four candle ops.
 
-use crate::kernels::cpu::ops::{contiguous_f32, simd, sink_softmax_row};
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use crate::kernels::cpu::ops::sink_softmax_row;
+use crate::kernels::cpu::vecmath::simd;
+use crate::kernels::mask::CausalMask;
+use crate::kernels::op::{contiguous_f32, CResult};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
-
-type CResult<T> = candle_core::Result<T>;
-
-/// Which keys query row `i` sees: queries are absolute positions `q0..q0+T`, keys
-/// `k0..k0+Tk`; key `kj` is visible from `qi` iff `kj ≤ qi` and, with a window `W`,
-/// `kj + W > qi` (W keys including the query itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CausalMask {
-    pub q0: usize,
-    pub k0: usize,
-    pub window: Option<usize>,
-}
-
-impl CausalMask {
-    /// Visible key columns `lo..hi` of query row `i` among `tk` keys (empty when lo ≥ hi).
-    pub fn range(&self, i: usize, tk: usize) -> (usize, usize) {
-        let qi = self.q0 + i;
-        let hi = (qi + 1).saturating_sub(self.k0).min(tk);
-        let lo = match self.window {
-            Some(w) => (qi + 1).saturating_sub(w + self.k0).min(hi),
-            None => 0,
-        };
-        (lo, hi)
-    }
-
-    /// The `[T, Tk]` additive mask (0 visible, −inf hidden), or `None` if nothing is hidden.
-    pub fn additive(
-        &self,
-        t: usize,
-        tk: usize,
-        dtype: DType,
-        dev: &Device,
-    ) -> CResult<Option<Tensor>> {
-        let mut any = false;
-        let mut m = vec![0f32; t * tk];
-        for i in 0..t {
-            let (lo, hi) = self.range(i, tk);
-            for (j, v) in m[i * tk..(i + 1) * tk].iter_mut().enumerate() {
-                if j < lo || j >= hi {
-                    *v = f32::NEG_INFINITY;
-                    any = true;
-                }
-            }
-        }
-        if !any {
-            return Ok(None);
-        }
-        Tensor::from_vec(m, (t, tk), dev)?.to_dtype(dtype).map(Some)
-    }
-}
 
 struct MaskedSinkSoftmax {
     mask: CausalMask,
@@ -159,18 +112,12 @@ impl CustomOp2 for SoftmaxBwd {
     }
 }
 
-/// `scores [B, H, T, Tk]` (unmasked), `sinks [H]` → attention probabilities over the keys
-/// under `mask`, softmax taken with the sink as an extra column which is then dropped.
-pub fn masked_sink_softmax(scores: &Tensor, sinks: &Tensor, mask: CausalMask) -> CResult<Tensor> {
-    let scores = scores.contiguous()?;
-    let cpu_f32 = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
-    if cpu_f32(&scores) && cpu_f32(sinks) && sinks.is_contiguous() {
-        return scores.apply_op2(sinks, MaskedSinkSoftmax { mask });
-    }
-    let (_, _, t, tk) = scores.dims4()?;
-    let scores = match mask.additive(t, tk, scores.dtype(), scores.device())? {
-        Some(m) => scores.broadcast_add(&m)?,
-        None => scores,
-    };
-    crate::kernels::cpu::ops::sink_softmax(&scores, sinks)
+/// `scores [B, H, T, Tk]` (unmasked, contiguous f32), `sinks [H]` → attention probabilities
+/// over the keys under `mask`, softmax taken with the sink as an extra column then dropped.
+pub(crate) fn masked_sink_softmax(
+    scores: &Tensor,
+    sinks: &Tensor,
+    mask: CausalMask,
+) -> CResult<Tensor> {
+    scores.apply_op2(sinks, MaskedSinkSoftmax { mask })
 }

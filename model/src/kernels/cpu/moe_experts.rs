@@ -4,7 +4,7 @@
 //! Inputs: the normed hidden state `h [N, H]`, the routing weights `w [N·k]` (softmax of the
 //! top-k router logits, so the router's LoRA gets its gradient through them) and every expert
 //! adapter packed into one vector `p` = `[A_gu | B_gu | A_d | B_d]` flattened, where gate and
-//! up are stacked as in `grouped_fused.rs`.
+//! up are stacked as in `expert_proj.rs`.
 //!
 //! As separate ops (dispatch, two grouped projections, combine) the gathered rows `[M, H]`,
 //! the activation `[M, I]` and the expert outputs `[M, H]` (M = N·k) are graph nodes, each
@@ -15,16 +15,15 @@
 
 use crate::kernels::cpu::expert_proj::{LoraPart, Proj};
 use crate::kernels::cpu::grouped::{for_segments, segment_experts, segment_rows, Segments};
-use crate::kernels::cpu::ops::{contiguous_f32, simd, storage_f32, swiglu_row, swiglu_row_grad};
+use crate::kernels::cpu::ops::{swiglu_row, swiglu_row_grad};
+use crate::kernels::cpu::vecmath::simd;
+use crate::kernels::op::{contiguous_f32, storage_f32, CResult, Saved};
 use crate::quant::experts::ExpertMat;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
-
-type CResult<T> = candle_core::Result<T>;
 
 /// One projection's constants and adapter layout inside the packed vector.
-pub struct ProjSpec {
+pub(crate) struct ProjSpec {
     pub mat: ExpertMat,
     /// `[E, out]` f32.
     pub bias: Vec<f32>,
@@ -34,7 +33,7 @@ pub struct ProjSpec {
     pub brows: usize,
 }
 
-pub struct MoeExperts {
+pub(crate) struct MoeExperts {
     pub gate_up: ProjSpec,
     pub down: ProjSpec,
     /// Rank of every adapter.
@@ -47,7 +46,7 @@ pub struct MoeExperts {
     pub limit: f32,
     pub alpha: f32,
     /// The pre-activation `[M, 2I]` and expert outputs `[M, H]` from the forward.
-    pub saved: Mutex<(Vec<f32>, Vec<f32>)>,
+    pub saved: Saved<(Vec<f32>, Vec<f32>)>,
 }
 
 impl MoeExperts {
@@ -177,10 +176,7 @@ impl CustomOp3 for MoeExperts {
                 }
             }
         });
-        *self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("moe experts lock".into()))? = (u, y);
+        self.saved.put((u, y))?;
         Ok((CpuStorage::F32(out), Shape::from((n, hd))))
     }
 
@@ -202,12 +198,7 @@ impl CustomOp3 for MoeExperts {
         let wv = storage_f32(&ws, wl, "moe routing weights")?;
         let pv = storage_f32(&ps, pl, "moe expert adapters")?;
         let gv = storage_f32(&gs, gl, "moe experts gradient")?;
-        let (u, y) = std::mem::take(
-            &mut *self
-                .saved
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("moe experts lock".into()))?,
-        );
+        let (u, y) = self.saved.take()?;
         let (gu, dn) = self.projs(pv)?;
         let (two_i, inter) = (gu.out_in().0, dn.out_in().1);
         let m = self.slots.len();

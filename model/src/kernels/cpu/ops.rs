@@ -1,38 +1,16 @@
-//! Differentiable fused ops for the hot path.
+//! The small differentiable ops of the hot path on the CPU in f32: softmax over the last
+//! axis, RMSNorm, half-split RoPE, a constant-weight linear and gpt-oss's clamped SwiGLU.
 //!
 //! candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass, and the
-//! trainer back-propagates through every layer to reach the LoRA weights. These are the same
-//! ops with a CPU f32 kernel and a backward written in candle ops; any other device or dtype
-//! falls back to a composition of candle ops (differentiable, device-generic).
+//! trainer back-propagates through every layer to reach the LoRA weights; candle's matmul
+//! backward also forms the gradient of a frozen weight. These ops run one parallel pass per
+//! row each way, with a backward written in candle ops or one more pass. Callers go through
+//! `kernels::{softmax_last_dim, rms_norm, rope, linear, swiglu}`, which pick this backend.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D,
-};
+use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
+use crate::kernels::op::{contiguous_f32, num_threads, storage_f32, CResult};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
-
-pub use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
-
-type CResult<T> = candle_core::Result<T>;
-
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{what}: expected f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
-/// The f32 values of a tensor's storage (from `Tensor::storage_and_layout`), borrowed in place:
-/// the backward passes read their inputs this way instead of copying them to the host.
-pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
-    match s {
-        Storage::Cpu(c) => contiguous_f32(c, l, what),
-        _ => candle_core::bail!("{what}: expected a CPU tensor"),
-    }
-}
 
 /// Softmax of one row of scores `sr` with the learned sink as an extra (dropped) column,
 /// written to `dr`.
@@ -44,18 +22,6 @@ pub(crate) fn sink_softmax_row(dr: &mut [f32], sr: &[f32], sink: f32) {
     }
     let inv = 1.0 / (fast_exp(sink - m) + sum_f32(dr));
     dr.iter_mut().for_each(|o| *o *= inv);
-}
-
-/// candle's thread count, read once: `get_num_threads` parses the environment (and, without
-/// `RAYON_NUM_THREADS`, /proc/cpuinfo) on every call, which showed up at ~3% of a step.
-pub(crate) fn num_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(candle_core::utils::get_num_threads)
-}
-
-fn fast_path(xs: &[&Tensor]) -> bool {
-    xs.iter()
-        .all(|x| x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,12 +60,8 @@ impl CustomOp1 for Softmax {
     }
 }
 
-pub fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
-    if fast_path(&[x]) {
-        x.apply_op1(Softmax)
-    } else {
-        candle_nn::ops::softmax(x, D::Minus1)
-    }
+pub(crate) fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
+    x.apply_op1(Softmax)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,16 +121,9 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// RMSNorm computed in f32 and cast back to `x`'s dtype (spec §1.3).
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
-    if fast_path(&[x, w]) {
-        return x.apply_op2(w, RmsNorm { eps: eps as f32 });
-    }
-    let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xf.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    y.broadcast_mul(&w.to_dtype(DType::F32)?)?.to_dtype(dtype)
+/// RMSNorm of contiguous f32 rows (spec §1.3).
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    x.apply_op2(w, RmsNorm { eps: eps as f32 })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,45 +178,14 @@ impl CustomOp3 for Rope {
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // The rotation is orthogonal: its transpose is the rotation by −θ.
-        let gx = rope(&g.contiguous()?, cos, &sin.neg()?)?;
+        let gx = crate::kernels::rope(&g.contiguous()?, cos, &sin.neg()?)?;
         Ok((Some(gx), None, None))
     }
 }
 
-/// Applies the rotation to `x [B, H, T, D]` with `cos`, `sin` `[T, D/2]`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
-    let x = x.contiguous()?;
-    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-    if fast_path(&[&x, &cos, &sin]) {
-        return x.apply_op3(&cos, &sin, Rope);
-    }
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let (c, s) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    let o1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
-    let o2 = (x2.broadcast_mul(&c)? + x1.broadcast_mul(&s)?)?;
-    Tensor::cat(&[o1, o2], D::Minus1)
-}
-
-// ---------------------------------------------------------------------------------------------
-// softmax with one learned "sink" logit per head (spec §1.4)
-
-/// `scores [B, H, T, Tk]` (already masked with −inf), `sinks [H]` → probabilities over the
-/// keys, softmax taken with the sink as an extra column which is then dropped. Device-generic
-/// candle ops: on the CPU in f32 attention takes `masked_softmax`'s fused op instead.
-pub fn sink_softmax(scores: &Tensor, sinks: &Tensor) -> CResult<Tensor> {
-    let (b, h, t, n) = scores.dims4()?;
-    let dtype = scores.dtype();
-    let s = scores.to_dtype(DType::F32)?;
-    let col = sinks
-        .to_dtype(DType::F32)?
-        .reshape((1, h, 1, 1))?
-        .broadcast_as((b, h, t, 1))?
-        .contiguous()?;
-    let all = Tensor::cat(&[&s, &col], D::Minus1)?;
-    let p = candle_nn::ops::softmax(&all, D::Minus1)?;
-    p.narrow(D::Minus1, 0, n)?.contiguous()?.to_dtype(dtype)
+/// Rotates contiguous f32 `x [B, H, T, D]` by `cos`, `sin` `[T, D/2]`.
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    x.apply_op3(cos, sin, Rope)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,25 +278,17 @@ impl CustomOp3 for LinearConst {
     }
 }
 
-/// `x [n, in] · wᵀ + b` for a constant `w [out, in]` (no gradient to `w` or `b`).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    let ok = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
-    if ok && b.is_none_or(|b| b.dtype() == DType::F32) {
-        let zeros;
-        let b = match b {
-            Some(b) => b,
-            None => {
-                zeros = Tensor::zeros(w.dim(0)?, DType::F32, w.device())?;
-                &zeros
-            }
-        };
-        return x.apply_op3(w, b, LinearConst);
-    }
-    let y = x.matmul(&w.t()?)?;
-    match b {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
-    }
+/// `x [n, in] · wᵀ + b` for a constant `w [out, in]` (no gradient to `w` or `b`), all f32.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+    let zeros;
+    let b = match b {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(w.dim(0)?, candle_core::DType::F32, w.device())?;
+            &zeros
+        }
+    };
+    x.apply_op3(w, b, LinearConst)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,17 +375,9 @@ pub(crate) fn swiglu_row_grad(d: &mut [f32], r: &[f32], gr: &[f32], lim: f32, al
 }
 
 /// `u [n, 2I]` = gate columns then up columns → `min(g, L)·σ(α·min(g, L))·(clamp(u, ±L) + 1)`.
-pub fn swiglu(u: &Tensor, limit: f64, alpha: f64) -> CResult<Tensor> {
-    let u = u.contiguous()?;
-    if fast_path(&[&u]) {
-        return u.apply_op1(SwiGlu {
-            limit: limit as f32,
-            alpha: alpha as f32,
-        });
-    }
-    let i = u.dim(1)? / 2;
-    let gate = u.narrow(1, 0, i)?.minimum(limit)?;
-    let up = u.narrow(1, i, i)?.clamp(-limit, limit)?;
-    let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * alpha)?)?)?;
-    glu * (up + 1.0)?
+pub(crate) fn swiglu(u: &Tensor, limit: f64, alpha: f64) -> CResult<Tensor> {
+    u.apply_op1(SwiGlu {
+        limit: limit as f32,
+        alpha: alpha as f32,
+    })
 }

@@ -12,11 +12,9 @@
 //! pass each way, parallel over tokens (every token has exactly k rows, so no two threads
 //! write the same output row).
 
-use crate::kernels::cpu::ops::{contiguous_f32, storage_f32};
+use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-
-type CResult<T> = candle_core::Result<T>;
 
 struct Combine {
     /// `rows[n·k + j]`: the row of `y` holding token n's j-th expert output.
@@ -102,18 +100,6 @@ impl CustomOp2 for Combine {
     }
 }
 
-/// `rows[s]`: the expert-order row of routing slot `s`, checking every slot is used once.
-pub(crate) fn slot_rows(slots: &[u32], n_slots: usize, what: &str) -> CResult<Vec<u32>> {
-    let mut rows = vec![u32::MAX; n_slots];
-    for (m, &s) in slots.iter().enumerate() {
-        match rows.get_mut(s as usize) {
-            Some(r) if *r == u32::MAX => *r = m as u32,
-            _ => candle_core::bail!("{what}: slot {s} used twice or out of range"),
-        }
-    }
-    Ok(rows)
-}
-
 struct Dispatch {
     /// `slots[m]`: the routing slot (token·k + j) of expert-order row m.
     slots: Vec<u32>,
@@ -156,33 +142,18 @@ impl CustomOp1 for Dispatch {
     }
 }
 
-/// `x [N, H]` → `[M, H]` in expert order: row m is token `slots[m] / k`'s. Every one of the
-/// N·k slots must appear exactly once (top-k routing guarantees it). CPU f32.
-pub fn dispatch(x: &Tensor, slots: &[u32], k: usize) -> CResult<Tensor> {
-    let n = x.dim(0)?;
-    if k == 0 || slots.len() != n * k {
-        candle_core::bail!("moe dispatch: {n} tokens, k = {k}, {} slots", slots.len());
-    }
-    let rows = slot_rows(slots, n * k, "moe dispatch")?;
-    x.contiguous()?.apply_op1(Dispatch {
+/// `x [N, H]` (contiguous f32) → `[M, H]` in expert order; `kernels::dispatch` checked the
+/// slots.
+pub(crate) fn dispatch(x: &Tensor, slots: &[u32], rows: Vec<u32>, k: usize) -> CResult<Tensor> {
+    x.apply_op1(Dispatch {
         slots: slots.to_vec(),
         rows,
         k,
     })
 }
 
-/// `y [M, H]` (row m from slot `slots[m]` = token·k + j) and routing weights `w [N·k]` →
-/// `[N, H]`. Every slot must be used exactly once (top-k routing guarantees it).
-pub fn combine(y: &Tensor, w: &Tensor, slots: &[u32], k: usize) -> CResult<Tensor> {
-    let n_slots = w.elem_count();
-    if slots.len() != n_slots || y.dim(0)? != n_slots || k == 0 || !n_slots.is_multiple_of(k) {
-        candle_core::bail!(
-            "moe combine: {} rows, {} slots, {n_slots} weights, k = {k}",
-            y.dim(0)?,
-            slots.len()
-        );
-    }
-    let rows = slot_rows(slots, n_slots, "moe combine")?;
-    y.contiguous()?
-        .apply_op2(&w.contiguous()?, Combine { rows, k })
+/// `y [M, H]` and routing weights `w [N·k]` (contiguous f32) → `[N, H]`; `rows` from
+/// `slot_rows`.
+pub(crate) fn combine(y: &Tensor, w: &Tensor, rows: Vec<u32>, k: usize) -> CResult<Tensor> {
+    y.apply_op2(w, Combine { rows, k })
 }
