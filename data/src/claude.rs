@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::diag::{decode_utf8, Diag};
@@ -129,7 +129,7 @@ impl Pending {
 /// Read one JSONL transcript. A file may hold several sessions (resumed sessions repeat
 /// history: the converter deduplicates turns later). Returns sessions and bad-line count.
 pub fn read_jsonl(path: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<Session>, usize)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = diag.read_file(path)?;
     let mut lines: Vec<Value> = Vec::new();
     let mut bad = 0;
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {

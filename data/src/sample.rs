@@ -49,6 +49,10 @@ pub enum DropReason {
     NoFinalAnswer,
     TooLong,
     Duplicate,
+    /// Fewer trained tokens than `--min-turn-tokens`.
+    TooShort,
+    /// The target turn calls a tool that `--include-tools` / `--exclude-tools` rules out.
+    ToolFilter,
 }
 
 impl DropReason {
@@ -59,6 +63,8 @@ impl DropReason {
             DropReason::NoFinalAnswer => "no_final_answer",
             DropReason::TooLong => "too_long",
             DropReason::Duplicate => "duplicate",
+            DropReason::TooShort => "too_short",
+            DropReason::ToolFilter => "tool_filter",
         }
     }
 }
@@ -144,9 +150,10 @@ pub fn build(
     };
     let mut system = SystemContent::default().with_reasoning_effort(opts.reasoning_effort);
     system.conversation_start_date = sess.date.clone();
-    let mut instructions = match &sess.cwd {
-        Some(cwd) => format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project."),
-        None => "You are a coding agent. Use the tools to inspect and change the project.".to_string(),
+    let mut instructions = match (&sess.instructions, &sess.cwd) {
+        (Some(given), _) => given.clone(),
+        (None, Some(cwd)) => format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project."),
+        (None, None) => "You are a coding agent. Use the tools to inspect and change the project.".to_string(),
     };
     if let Some(s) = &t.summary {
         instructions.push_str("\n\nSummary of earlier conversation:\n");
@@ -184,14 +191,14 @@ pub fn build(
             let mask = loss_mask(tok, &msgs, &r.spans, target_start, n)?;
             let n_trained = mask.iter().map(|&m| m as usize).sum();
             let turn_s = turn.to_string();
-            let id = hex_id(&[sess.format.as_str(), &sess.file, &sess.id, &turn_s]);
+            let id = hex_id(&[sess.source_format, &sess.file, &sess.id, &turn_s]);
             return Ok(Ok(Sample {
                 id,
                 source: Source {
                     file: sess.file.clone(),
                     session: sess.id.clone(),
                     turn,
-                    format: sess.format.as_str().to_string(),
+                    format: sess.source_format.to_string(),
                 },
                 text: tok.decode(&r.ids)?,
                 messages: msgs,

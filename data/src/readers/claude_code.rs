@@ -1,0 +1,42 @@
+//! Claude Code transcripts (`~/.claude/projects/<project>/<session>.jsonl`), read by
+//! [`crate::claude::read_jsonl`]. Claimed by the envelope of the first line; any other `.jsonl`
+//! nobody claims falls back here, so its problems are reported line by line.
+
+use anyhow::Result;
+
+use super::{Input, Probe, ReadOut, Reader};
+use crate::claude;
+use crate::diag::Diag;
+
+pub struct ClaudeCode;
+
+impl Reader for ClaudeCode {
+    fn name(&self) -> &'static str {
+        "claude-code"
+    }
+    fn family(&self) -> &'static str {
+        "claude-code"
+    }
+    fn detect(&self, probe: &Probe) -> u8 {
+        let first_line = probe
+            .head
+            .split(|&b| b == b'\n')
+            .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .and_then(|l| std::str::from_utf8(l).ok());
+        if first_line.is_some_and(claude::sniff) {
+            90
+        } else if probe.ext == "jsonl" {
+            10
+        } else {
+            0
+        }
+    }
+    fn read(&self, input: &Input, diag: &mut Diag) -> Result<ReadOut> {
+        let (sessions, bad) = claude::read_jsonl(input.path, input.rel, diag)?;
+        Ok(ReadOut {
+            sessions,
+            files: 1,
+            bad_records: bad,
+        })
+    }
+}
