@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::diag::Diag;
+use crate::readers::Input;
 use crate::sample::{self, DropReason, FitReport, RenderCache, Sample, SampleOptions};
 use crate::session::{Session, Step};
 use crate::split::{split, SplitBy};
-use crate::readers::Input;
 use crate::tools;
 use crate::walk::{collect_units, InputFormat, Unit};
 
@@ -154,7 +154,12 @@ impl Stats {
             let per: Vec<String> = self
                 .formats
                 .iter()
-                .map(|(k, f)| format!("{k} {} files / {} sessions / {} samples", f.files, f.sessions, f.samples_kept))
+                .map(|(k, f)| {
+                    format!(
+                        "{k} {} files / {} sessions / {} samples",
+                        f.files, f.sessions, f.samples_kept
+                    )
+                })
                 .collect();
             s.push_str(&format!(
                 "\nformats: {}; duplicates across formats {}",
@@ -190,7 +195,10 @@ pub fn read_sessions(
             rel: &u.rel,
             column,
         };
-        let fs = stats.formats.entry(u.reader.name().to_string()).or_default();
+        let fs = stats
+            .formats
+            .entry(u.reader.name().to_string())
+            .or_default();
         match u.reader.read(&input, diag) {
             Ok(out) => {
                 stats.files_read += out.files;
@@ -230,7 +238,12 @@ fn turn_key(sess: &Session, turn: usize) -> String {
 }
 
 /// `--include-tools`, `--exclude-tools`, `--min-turn-tokens`.
-fn filter(sess: &Session, turn: usize, smp: Sample, opts: &ConvertOptions) -> Result<Sample, DropReason> {
+fn filter(
+    sess: &Session,
+    turn: usize,
+    smp: Sample,
+    opts: &ConvertOptions,
+) -> Result<Sample, DropReason> {
     let calls = sess.turns[turn].steps.iter().filter_map(|s| match s {
         Step::Call { tool, .. } => Some(tool.as_str()),
         _ => None,
@@ -281,7 +294,12 @@ fn session_samples(
         }
     }
     // Schemas shipped with the data come first and win over built-in or inferred ones.
-    used.retain(|name, _| !sess.declared_tools.iter().any(|d| d.name == tools::sanitize_name(name)));
+    used.retain(|name, _| {
+        !sess
+            .declared_tools
+            .iter()
+            .any(|d| d.name == tools::sanitize_name(name))
+    });
     let mut decls = sess.declared_tools.clone();
     decls.extend(tools::declare(sess.format, &used));
     let mut fit = FitReport::default();

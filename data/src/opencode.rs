@@ -296,7 +296,11 @@ fn sorted_entries(dir: &Path, rel: &str, diag: &mut Diag) -> Result<Vec<std::pat
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            diag.warn(rel, None, format!("cannot read directory: {e}; its files are skipped"))?;
+            diag.warn(
+                rel,
+                None,
+                format!("cannot read directory: {e}; its files are skipped"),
+            )?;
             return Ok(Vec::new());
         }
     };

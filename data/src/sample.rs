@@ -11,7 +11,7 @@ use osstune_harmony::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::session::{Outcome, Session, Step};
+use crate::session::{Format, Outcome, Session, Step};
 use crate::tools::sanitize_name;
 
 #[derive(Clone, Debug)]
@@ -150,19 +150,23 @@ pub fn build(
     };
     let mut system = SystemContent::default().with_reasoning_effort(opts.reasoning_effort);
     system.conversation_start_date = sess.date.clone();
-    let mut instructions = match (&sess.instructions, &sess.cwd) {
-        (Some(given), _) => given.clone(),
-        (None, Some(cwd)) => format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project."),
-        (None, None) => "You are a coding agent. Use the tools to inspect and change the project.".to_string(),
+    // Chat datasets without a system prompt get no invented instructions.
+    let mut instructions = match (&sess.instructions, sess.format, &sess.cwd) {
+        (Some(given), _, _) => Some(given.clone()),
+        (None, Format::Chat, _) => None,
+        (None, _, Some(cwd)) => Some(format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project.")),
+        (None, _, None) => Some("You are a coding agent. Use the tools to inspect and change the project.".to_string()),
     };
     if let Some(s) = &t.summary {
-        instructions.push_str("\n\nSummary of earlier conversation:\n");
-        instructions.push_str(s);
+        let i = instructions.get_or_insert_with(String::new);
+        i.push_str("\n\nSummary of earlier conversation:\n");
+        i.push_str(s);
     }
-    let developer = DeveloperContent {
-        instructions: Some(instructions),
+    // No instructions and no tools: no developer message at all.
+    let developer = (instructions.is_some() || !tools.is_empty()).then(|| DeveloperContent {
+        instructions,
         tools: tools.to_vec(),
-    };
+    });
     // Context: earlier visible turns as user + final (their analysis and tool traffic dropped).
     let mut context: Vec<Vec<Message>> = (t.context_start..turn)
         .map(|i| {
@@ -176,10 +180,8 @@ pub fn build(
         .collect();
     let renderer = Renderer::new(tok);
     loop {
-        let mut msgs = vec![
-            Message::system(system.clone()),
-            Message::developer(developer.clone()),
-        ];
+        let mut msgs = vec![Message::system(system.clone())];
+        msgs.extend(developer.clone().map(Message::developer));
         for c in &context {
             msgs.extend(c.iter().cloned());
         }

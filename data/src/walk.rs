@@ -85,7 +85,9 @@ impl Walk<'_> {
             let mb = self.diag.max_file_bytes / (1024 * 1024);
             return self.skip(
                 &rel,
-                format!("{len} bytes, over --max-file-mb {mb}; skipped (raise the limit to read it)"),
+                format!(
+                    "{len} bytes, over --max-file-mb {mb}; skipped (raise the limit to read it)"
+                ),
             );
         }
         let head = match head_of(path) {
@@ -185,10 +187,7 @@ impl Walk<'_> {
         } else if meta.is_file() {
             self.file(p, rel, meta.len(), explicit)
         } else {
-            self.skip(
-                &rel,
-                "not a regular file (FIFO, socket or device); skipped",
-            )
+            self.skip(&rel, "not a regular file (FIFO, socket or device); skipped")
         }
     }
 }

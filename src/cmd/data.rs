@@ -151,8 +151,13 @@ fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let (s, index) = osstune_data::inspect::load_sample(&a.file, a.index, a.id.as_deref())?;
     let tok = Tokenizer::o200k_harmony()?;
+    let (s, index) = osstune_data::inspect::load_sample_checked(
+        &a.file,
+        a.index,
+        a.id.as_deref(),
+        tok.vocab_size(),
+    )?;
     let color = std::io::stdout().is_terminal();
     println!("{}", osstune_data::inspect::describe(&s, index));
     if color {

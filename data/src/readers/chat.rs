@@ -36,12 +36,16 @@ impl RecordSource<'_> {
     pub fn warn(&self, diag: &mut Diag, msg: impl AsRef<str>) -> Result<()> {
         match self.kind {
             RecordKind::Line => diag.warn(self.rel, Some(self.number), msg),
-            RecordKind::Item => {
-                diag.warn(self.rel, None, format!("item {}: {}", self.number, msg.as_ref()))
-            }
-            RecordKind::Row => {
-                diag.warn(self.rel, None, format!("row {}: {}", self.number, msg.as_ref()))
-            }
+            RecordKind::Item => diag.warn(
+                self.rel,
+                None,
+                format!("item {}: {}", self.number, msg.as_ref()),
+            ),
+            RecordKind::Row => diag.warn(
+                self.rel,
+                None,
+                format!("row {}: {}", self.number, msg.as_ref()),
+            ),
         }
     }
 
@@ -139,14 +143,14 @@ pub fn declared_tools(v: Option<&Value>) -> Result<Vec<ToolDescription>, String>
         let Some(name) = f.get("name").and_then(Value::as_str) else {
             return Err(format!("`tools` item {i} has no name"));
         };
-        let parameters = match f.get("parameters") {
-            Some(Value::String(s)) => Some(
-                serde_json::from_str(s)
-                    .map_err(|e| format!("`tools` item {i} ({name}): parameters are not JSON: {e}"))?,
-            ),
-            Some(Value::Null) | None => None,
-            Some(p) => Some(p.clone()),
-        };
+        let parameters =
+            match f.get("parameters") {
+                Some(Value::String(s)) => Some(serde_json::from_str(s).map_err(|e| {
+                    format!("`tools` item {i} ({name}): parameters are not JSON: {e}")
+                })?),
+                Some(Value::Null) | None => None,
+                Some(p) => Some(p.clone()),
+            };
         out.push(ToolDescription {
             name: sanitize_name(name),
             description: f

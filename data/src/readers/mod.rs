@@ -153,7 +153,10 @@ impl InputFormat {
         if READERS.iter().any(|r| r.name() == s || r.family() == s) {
             return Ok(Self::Only(s.to_string()));
         }
-        bail!("unknown input format {s:?}; known: auto, {}", names().join(", "))
+        bail!(
+            "unknown input format {s:?}; known: auto, {}",
+            names().join(", ")
+        )
     }
 
     pub fn allows(&self, r: &dyn Reader) -> bool {

@@ -106,19 +106,31 @@ impl Reader for OpenaiMessages {
                 }
                 "tool" | "function" => {
                     if !turns.result(s(m, "tool_call_id"), text, false) {
-                        src.warn(diag, format!("message {i}: tool result without a call; ignored"))?;
+                        src.warn(
+                            diag,
+                            format!("message {i}: tool result without a call; ignored"),
+                        )?;
                     }
                 }
-                other => src.warn(diag, format!("message {i}: unknown role {other:?}; ignored"))?,
+                other => src.warn(
+                    diag,
+                    format!("message {i}: unknown role {other:?}; ignored"),
+                )?,
             }
         }
         if turns.orphans > 0 {
             src.warn(
                 diag,
-                format!("{} assistant message(s) before the first user message; ignored", turns.orphans),
+                format!(
+                    "{} assistant message(s) before the first user message; ignored",
+                    turns.orphans
+                ),
             )?;
         }
-        let instructions: Vec<String> = instructions.into_iter().filter(|t| !t.trim().is_empty()).collect();
+        let instructions: Vec<String> = instructions
+            .into_iter()
+            .filter(|t| !t.trim().is_empty())
+            .collect();
         if !instructions.is_empty() {
             sess.instructions = Some(instructions.join("\n\n"));
         }

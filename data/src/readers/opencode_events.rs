@@ -93,7 +93,13 @@ impl Fold {
         self.sessions.entry(sid.to_string()).or_default()
     }
 
-    fn part(&mut self, part: &Value, env_sid: Option<&str>, server: bool, mut at: Loc) -> Result<()> {
+    fn part(
+        &mut self,
+        part: &Value,
+        env_sid: Option<&str>,
+        server: bool,
+        mut at: Loc,
+    ) -> Result<()> {
         let (Some(pid), Some(mid)) = (s(part, "id"), s(part, "messageID")) else {
             return at.warn("part without id or messageID; event skipped");
         };
@@ -176,7 +182,10 @@ impl Fold {
                 }
             }
             "error" => {
-                let err = v.get("error").cloned().unwrap_or(json!({"name": "UnknownError"}));
+                let err = v
+                    .get("error")
+                    .cloned()
+                    .unwrap_or(json!({"name": "UnknownError"}));
                 let last = env_sid.and_then(|sid| {
                     let ses = self.sessions.get_mut(sid)?;
                     let mid = ses.last_msg.clone()?;
@@ -204,7 +213,9 @@ impl Fold {
             s(props, "field"),
             s(props, "delta"),
         ) else {
-            return at.warn("message.part.delta without sessionID, messageID, partID, field or delta; skipped");
+            return at.warn(
+                "message.part.delta without sessionID, messageID, partID, field or delta; skipped",
+            );
         };
         let part = self
             .sessions
@@ -213,11 +224,17 @@ impl Fold {
             .and_then(|m| m.parts.get_mut(pid));
         match part.and_then(Value::as_object_mut) {
             Some(o) => {
-                let cur = o.get(field).and_then(Value::as_str).unwrap_or("").to_string();
+                let cur = o
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 o.insert(field.to_string(), Value::String(cur + delta));
                 Ok(())
             }
-            None => at.warn(format!("message.part.delta for unknown part {pid}; skipped")),
+            None => at.warn(format!(
+                "message.part.delta for unknown part {pid}; skipped"
+            )),
         }
     }
 }
@@ -320,7 +337,16 @@ impl Reader for OpencodeEvents {
             let line = text.trim_end_matches('\r');
             if line.trim().is_empty() {
                 if let Some((at, data)) = sse.take() {
-                    dispatch(&mut fold, &data, Loc { rel, line: at, diag: &mut *diag }, &mut bad)?;
+                    dispatch(
+                        &mut fold,
+                        &data,
+                        Loc {
+                            rel,
+                            line: at,
+                            diag: &mut *diag,
+                        },
+                        &mut bad,
+                    )?;
                 }
                 continue;
             }
@@ -334,11 +360,29 @@ impl Reader for OpencodeEvents {
                     None => sse = Some((i + 1, data.to_string())),
                 }
             } else if !is_sse_field(line) {
-                dispatch(&mut fold, line, Loc { rel, line: i + 1, diag: &mut *diag }, &mut bad)?;
+                dispatch(
+                    &mut fold,
+                    line,
+                    Loc {
+                        rel,
+                        line: i + 1,
+                        diag: &mut *diag,
+                    },
+                    &mut bad,
+                )?;
             }
         }
         if let Some((at, data)) = sse.take() {
-            dispatch(&mut fold, &data, Loc { rel, line: at, diag: &mut *diag }, &mut bad)?;
+            dispatch(
+                &mut fold,
+                &data,
+                Loc {
+                    rel,
+                    line: at,
+                    diag: &mut *diag,
+                },
+                &mut bad,
+            )?;
         }
         let mut sessions = Vec::new();
         for sid in &fold.order {
@@ -349,9 +393,9 @@ impl Reader for OpencodeEvents {
                 .msgs
                 .into_iter()
                 .map(|(mid, m)| {
-                    let mut info = m.info.clone().unwrap_or_else(|| {
-                        json!({"id": mid, "sessionID": sid, "role": inferred_role(&m)})
-                    });
+                    let mut info = m.info.clone().unwrap_or_else(
+                        || json!({"id": mid, "sessionID": sid, "role": inferred_role(&m)}),
+                    );
                     if let (Some(err), Some(o)) = (m.error, info.as_object_mut()) {
                         o.entry("error").or_insert(err);
                     }
@@ -369,9 +413,9 @@ impl Reader for OpencodeEvents {
                 )?;
                 continue;
             }
-            let info = ses.info.unwrap_or_else(|| {
-                json!({"id": sid, "time": {"created": ses.first_timestamp.unwrap_or(0)}})
-            });
+            let info = ses.info.unwrap_or_else(
+                || json!({"id": sid, "time": {"created": ses.first_timestamp.unwrap_or(0)}}),
+            );
             sessions.push(build_session(&info, msgs, format!("{rel}#{sid}")));
         }
         Ok(ReadOut {

@@ -51,7 +51,11 @@ impl Reader for ParquetRows {
             );
         }
         let reader = SerializedFileReader::new(file).context("not a readable Parquet file")?;
-        let root = reader.metadata().file_metadata().schema_descr().root_schema();
+        let root = reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .root_schema();
         let fields = root.get_fields();
         let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
         let column = match input.column {
@@ -65,7 +69,10 @@ impl Reader for ParquetRows {
                 ),
             },
         };
-        let conv = fields.iter().find(|f| f.name() == column).expect("found above");
+        let conv = fields
+            .iter()
+            .find(|f| f.name() == column)
+            .expect("found above");
         if conv.is_primitive() && conv.get_physical_type() != PhysicalType::BYTE_ARRAY {
             bail!(
                 "column {column} holds {}, expected a list of messages or a JSON string",
@@ -99,7 +106,10 @@ impl Reader for ParquetRows {
                 Err(e) => {
                     // A corrupt page ends the row stream; what came before is kept.
                     out.bad_records += 1;
-                    src.warn(diag, format!("cannot decode: {e}; rest of the file skipped"))?;
+                    src.warn(
+                        diag,
+                        format!("cannot decode: {e}; rest of the file skipped"),
+                    )?;
                     break;
                 }
             };

@@ -69,7 +69,10 @@ impl Reader for ShareGpt {
                 return Ok(None);
             }
         }
-        let mut instructions: Vec<String> = s(record, "system").map(str::to_string).into_iter().collect();
+        let mut instructions: Vec<String> = s(record, "system")
+            .map(str::to_string)
+            .into_iter()
+            .collect();
         let mut turns = Turns::default();
         for (i, m) in msgs.iter().enumerate() {
             let value = s(m, "value").unwrap_or("").to_string();
@@ -100,16 +103,25 @@ impl Reader for ShareGpt {
                 }
                 "observation" | "tool" | "function_response" | "ipython" => {
                     if !turns.result(None, value, false) {
-                        src.warn(diag, format!("message {i}: tool result without a call; ignored"))?;
+                        src.warn(
+                            diag,
+                            format!("message {i}: tool result without a call; ignored"),
+                        )?;
                     }
                 }
-                other => src.warn(diag, format!("message {i}: unknown speaker {other:?}; ignored"))?,
+                other => src.warn(
+                    diag,
+                    format!("message {i}: unknown speaker {other:?}; ignored"),
+                )?,
             }
         }
         if turns.orphans > 0 {
             src.warn(
                 diag,
-                format!("{} assistant message(s) before the first user message; ignored", turns.orphans),
+                format!(
+                    "{} assistant message(s) before the first user message; ignored",
+                    turns.orphans
+                ),
             )?;
         }
         instructions.retain(|t| !t.trim().is_empty());
