@@ -342,10 +342,11 @@ fn build(sid: &str, entries: &[Value], rel: &str, sidechain: bool) -> Session {
 
 /// Does this JSONL look like a Claude Code transcript? (first parseable object has the envelope)
 pub fn sniff(first_line: &str) -> bool {
-    serde_json::from_str::<Value>(first_line).is_ok_and(|v| {
-        v.get("type").is_some()
-            && (v.get("sessionId").is_some()
-                || v.get("leafUuid").is_some()
-                || v.get("uuid").is_some())
-    })
+    serde_json::from_str::<Value>(first_line).is_ok_and(|v| is_envelope(&v))
+}
+
+/// Does this parsed line carry Claude Code's envelope?
+pub fn is_envelope(v: &Value) -> bool {
+    v.get("type").is_some()
+        && (v.get("sessionId").is_some() || v.get("leafUuid").is_some() || v.get("uuid").is_some())
 }

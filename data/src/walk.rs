@@ -57,12 +57,6 @@ fn head_of(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn ext_of(path: &Path) -> String {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
 fn join_rel(base: &str, name: &str) -> String {
     if base.is_empty() {
         name.to_string()
@@ -94,13 +88,7 @@ impl Walk<'_> {
             Ok(h) => h,
             Err(e) => return self.skip(&rel, format!("cannot read: {e}; skipped")),
         };
-        let probe = Probe {
-            path,
-            is_dir: false,
-            ext: ext_of(path),
-            head: &head,
-            column: self.column,
-        };
+        let probe = Probe::new(path, false, &head, self.column);
         let reader = detect(&probe, self.format).or_else(|| {
             if explicit {
                 forced_fallback(self.format)
@@ -136,13 +124,7 @@ impl Walk<'_> {
                 ),
             );
         }
-        let probe = Probe {
-            path: dir,
-            is_dir: true,
-            ext: String::new(),
-            head: &[],
-            column: self.column,
-        };
+        let probe = Probe::new(dir, true, &[], self.column);
         if let Some(reader) = detect(&probe, self.format) {
             self.units.push(Unit {
                 reader,

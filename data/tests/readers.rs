@@ -350,3 +350,24 @@ fn filters_and_per_format_counts() {
         st.summary()
     );
 }
+
+/// The bench's generated inputs read back whole (their writers are only run by the bench).
+#[test]
+fn generated_event_capture_and_parquet_read_back() {
+    let dir = tmp("synth");
+    osstune_data::synth::write_event_capture(&dir.join("ev/capture.sse"), 20, 3).unwrap();
+    osstune_data::synth::write_chat_parquet(&dir.join("pq/chat.parquet"), 25, 3).unwrap();
+    let st = run(&[dir.join("ev")], &tmp("synth-ev"), |_| {}).unwrap();
+    assert!(st.warnings.is_empty(), "{:?}", st.warnings);
+    assert_eq!(st.formats["opencode-events"].sessions, 20);
+    assert_eq!(st.samples_dropped.get("no_final_answer"), None);
+    let out = tmp("synth-pq");
+    let st = run(&[dir.join("pq")], &out, |_| {}).unwrap();
+    assert!(st.warnings.is_empty(), "{:?}", st.warnings);
+    assert_eq!(st.formats["parquet"].sessions, 25);
+    assert!(st.samples_kept >= 25);
+    let s = samples(&out);
+    assert!(s
+        .iter()
+        .all(|x| x.source.format == "openai-messages" && x.text.contains("<|channel|>analysis")));
+}

@@ -18,12 +18,7 @@ impl Reader for ClaudeCode {
         "claude-code"
     }
     fn detect(&self, probe: &Probe) -> u8 {
-        let first_line = probe
-            .head
-            .split(|&b| b == b'\n')
-            .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .and_then(|l| std::str::from_utf8(l).ok());
-        if first_line.is_some_and(claude::sniff) {
+        if probe.first_json_object().is_some_and(claude::is_envelope) {
             90
         } else if probe.ext == "jsonl" {
             10

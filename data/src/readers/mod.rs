@@ -49,21 +49,45 @@ pub struct Probe<'a> {
     pub head: &'a [u8],
     /// `--column`: the record field that holds the conversation.
     pub column: Option<&'a str>,
+    /// The parsed first line, computed once for all readers.
+    first: std::cell::OnceCell<Option<Value>>,
 }
 
 pub const PROBE_BYTES: usize = 64 * 1024;
 
-impl Probe<'_> {
-    /// The first non-blank line of the head parsed as a JSON object, if it is one.
-    pub fn first_json_object(&self) -> Option<Value> {
+impl<'a> Probe<'a> {
+    pub fn new(path: &'a Path, is_dir: bool, head: &'a [u8], column: Option<&'a str>) -> Self {
+        Self {
+            path,
+            is_dir,
+            ext: path
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default(),
+            head,
+            column,
+            first: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The first non-blank line of the head.
+    pub fn first_line(&self) -> Option<&str> {
         let line = self
             .head
             .split(|&b| b == b'\n')
             .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
-        let text = std::str::from_utf8(line).ok()?;
-        serde_json::from_str::<Value>(text)
-            .ok()
-            .filter(Value::is_object)
+        std::str::from_utf8(line).ok()
+    }
+
+    /// The first non-blank line of the head parsed as a JSON object, if it is one.
+    pub fn first_json_object(&self) -> Option<&Value> {
+        self.first
+            .get_or_init(|| {
+                serde_json::from_str::<Value>(self.first_line()?)
+                    .ok()
+                    .filter(Value::is_object)
+            })
+            .as_ref()
     }
 
     /// The head without leading whitespace.

@@ -34,7 +34,7 @@ impl Reader for OpenaiMessages {
     }
     fn detect(&self, probe: &Probe) -> u8 {
         match probe.first_json_object() {
-            Some(v) if self.record_score(&v, probe.column) > 0 => 80,
+            Some(v) if self.record_score(v, probe.column) > 0 => 80,
             // A JSON array of records: claimed when its head reads like one.
             None if probe.trimmed_head().starts_with(b"[")
                 && String::from_utf8_lossy(probe.head).contains("\"role\"") =>

@@ -314,9 +314,10 @@ impl Reader for OpencodeEvents {
             if is_sse_field(line) {
                 continue; // `event:` / `id:` / comment lines before the first data line
             }
-            return match serde_json::from_str::<Value>(line) {
-                Ok(v) if is_event(&v) => 95,
-                _ => 0,
+            return if probe.first_json_object().is_some_and(is_event) {
+                95
+            } else {
+                0
             };
         }
         0

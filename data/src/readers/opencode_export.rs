@@ -19,10 +19,7 @@ impl Reader for OpencodeExport {
         "opencode"
     }
     fn detect(&self, probe: &Probe) -> u8 {
-        if probe
-            .first_json_object()
-            .is_some_and(|v| opencode::is_export(&v))
-        {
+        if probe.first_json_object().is_some_and(opencode::is_export) {
             90
         } else if probe.ext == "json" && !probe.trimmed_head().starts_with(b"[") {
             20

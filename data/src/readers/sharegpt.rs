@@ -32,7 +32,7 @@ impl Reader for ShareGpt {
     }
     fn detect(&self, probe: &Probe) -> u8 {
         match probe.first_json_object() {
-            Some(v) if self.record_score(&v, probe.column) > 0 => 80,
+            Some(v) if self.record_score(v, probe.column) > 0 => 80,
             None if probe.trimmed_head().starts_with(b"[")
                 && String::from_utf8_lossy(probe.head).contains("\"from\"") =>
             {
