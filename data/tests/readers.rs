@@ -134,6 +134,9 @@ fn chat_formats_map_roles_calls_and_results() {
     assert_eq!(o1t1.source.format, "openai-messages");
 }
 
+/// A message's info and its parts, as opencode stores them.
+type MessageWithParts = (Value, Vec<Value>);
+
 /// A gen-2 storage tree and an SSE capture of the same sessions (parts re-emitted while they
 /// stream, sessions interleaved, parts out of order) give identical tokens and masks.
 #[test]
@@ -141,7 +144,7 @@ fn storage_tree_and_event_capture_give_identical_samples() {
     let dir = tmp("identity-in");
     let storage = dir.join("tree/storage");
     let t = 1_767_607_200_000i64;
-    let mut sessions: Vec<(Value, Vec<(Value, Vec<Value>)>)> = Vec::new();
+    let mut sessions: Vec<(Value, Vec<MessageWithParts>)> = Vec::new();
     for (k, sid) in ["ses_i1", "ses_i2"].iter().enumerate() {
         let info = json!({"id": sid, "projectID": "prj", "directory": format!("/work/p{k}"), "time": {"created": t}});
         let mut msgs = Vec::new();

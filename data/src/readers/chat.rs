@@ -175,13 +175,21 @@ pub fn call_arguments(tool: &str, v: Option<&Value>) -> Result<Value, String> {
     }
 }
 
+/// A call of the latest assistant message: id, tool, arguments, and its result once seen.
+struct OpenCall {
+    id: String,
+    tool: String,
+    args: Value,
+    result: Option<(String, bool)>,
+}
+
 /// Assembles turns from messages in order.
 #[derive(Default)]
 pub struct Turns {
     pub turns: Vec<Turn>,
     cur: Option<Turn>,
-    /// Calls of the latest assistant message awaiting results: (id, tool, args, result).
-    calls: Vec<(String, String, Value, Option<(String, bool)>)>,
+    /// Calls of the latest assistant message awaiting results.
+    calls: Vec<OpenCall>,
     /// Messages that came before any user message (reported once by the caller).
     pub orphans: usize,
 }
@@ -193,7 +201,13 @@ impl Turns {
             self.calls.clear();
             return;
         };
-        for (id, tool, args, result) in self.calls.drain(..) {
+        for OpenCall {
+            id,
+            tool,
+            args,
+            result,
+        } in self.calls.drain(..)
+        {
             let (text, is_error) =
                 result.unwrap_or_else(|| ("[Tool execution was interrupted]".to_string(), true));
             t.steps.push(Step::Call {
@@ -239,19 +253,28 @@ impl Turns {
             self.orphans += 1;
             return;
         }
-        self.calls.push((id, tool, args, None));
+        self.calls.push(OpenCall {
+            id,
+            tool,
+            args,
+            result: None,
+        });
     }
 
     /// A tool result: matched by call id, else to the first call still waiting. False when
     /// no call waits for it.
     pub fn result(&mut self, id: Option<&str>, text: String, is_error: bool) -> bool {
-        let by_id = id.and_then(|id| self.calls.iter().position(|c| c.3.is_none() && c.0 == id));
+        let by_id = id.and_then(|id| {
+            self.calls
+                .iter()
+                .position(|c| c.result.is_none() && c.id == id)
+        });
         // Unknown or missing ids: answer the oldest open call.
-        let pos = by_id.or_else(|| self.calls.iter().position(|c| c.3.is_none()));
+        let pos = by_id.or_else(|| self.calls.iter().position(|c| c.result.is_none()));
         let slot = pos.map(|p| &mut self.calls[p]);
         match slot {
             Some(c) => {
-                c.3 = Some((text, is_error));
+                c.result = Some((text, is_error));
                 true
             }
             None => false,
