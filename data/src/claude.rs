@@ -1,4 +1,5 @@
-//! Claude Code transcripts: `~/.claude/projects/<project>/<session>.jsonl` (sessions.md §2).
+//! Claude Code transcripts: `~/.claude/projects/<project>/<session>.jsonl` (layout
+//! reverse-engineered in https://github.com/daaain/claude-code-log, claude_code_log/models.py).
 //!
 //! One content block per line; lines of one API response share `message.id`; the conversation
 //! is a `parentUuid` tree whose leaf→root path is what the model saw.

@@ -1,6 +1,7 @@
-//! opencode: storage trees (gen 1 and 2), `opencode.db` (gen 3) and `opencode export` JSON
-//! all carry the same Session.Info / MessageV2.Info / MessageV2.Part objects (sessions.md §1);
-//! each reader gathers them and [`build_session`] turns them into turns.
+//! opencode: storage trees (gen 1 and 2), `opencode.db` (gen 3), `opencode export` JSON and
+//! event streams all carry the same Session.Info / MessageV2.Info / MessageV2.Part objects
+//! (packages/opencode/src/session/message-v2.ts in https://github.com/sst/opencode); each reader
+//! gathers them and [`build_session`] turns them into turns.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,7 +85,7 @@ fn tool_result_text(state: &Value) -> (String, bool, bool) {
     }
 }
 
-/// Session.Info + messages → turns (sessions.md §6.3: a user message with a non-synthetic text
+/// Session.Info + messages → turns (docs/data.md: a user message with a non-synthetic text
 /// part and no `compaction` part starts a turn; assistant messages follow it by id).
 pub fn build_session(info: &Value, mut msgs: Vec<RawMessage>, file: String) -> Session {
     let id = id_of(info).to_string();

@@ -1,5 +1,5 @@
-//! One turn of a session → one Harmony training sample (sessions.md §6.3), fitted to
-//! `max_seq_len`, with the loss mask on the target turn's assistant tokens.
+//! One turn of a session → one Harmony training sample (docs/data.md, "What a sample is"),
+//! fitted to `max_seq_len`, with the loss mask on the target turn's assistant tokens.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
