@@ -32,13 +32,13 @@ impl Diag {
     /// or never end), at most `max_file_bytes`. Errors name the path.
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
         use std::io::Read;
-        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let meta = f
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
+        // Check before opening: opening a FIFO blocks until something writes to it.
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         if !meta.is_file() {
             bail!("{} is not a regular file", path.display());
         }
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
         if meta.len() > self.max_file_bytes {
             bail!(
                 "{} is {} bytes, over the --max-file-mb limit of {} bytes",
