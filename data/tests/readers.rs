@@ -374,3 +374,42 @@ fn generated_event_capture_and_parquet_read_back() {
         .iter()
         .all(|x| x.source.format == "openai-messages" && x.text.contains("<|channel|>analysis")));
 }
+
+/// Files are classified by content, not by extension; `--column` names another conversation field.
+#[test]
+fn detection_by_content_and_column_option() {
+    let dir = tmp("content");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture("chat/sharegpt.jsonl"), dir.join("dump.txt")).unwrap();
+    std::fs::copy(fixture("events/run.jsonl"), dir.join("capture.log")).unwrap();
+    std::fs::copy(fixture("parquet/chat.parquet"), dir.join("shard-0")).unwrap();
+    let st = run(&[dir.clone()], &tmp("content-out"), |_| {}).unwrap();
+    assert_eq!(st.formats["sharegpt"].sessions, 2);
+    assert_eq!(st.formats["opencode-events"].sessions, 1);
+    assert_eq!(st.formats["parquet"].sessions, 3);
+    // --format narrows detection to a family or one reader.
+    let st = run(&[dir.clone()], &tmp("content-chat"), |o| {
+        o.format = osstune_data::InputFormat::parse("chat").unwrap()
+    })
+    .unwrap();
+    assert!(!st.formats.contains_key("opencode-events"));
+    let err = osstune_data::InputFormat::parse("yaml").unwrap_err();
+    assert!(format!("{err}").contains("known: auto, opencode"), "{err}");
+
+    let col = tmp("column");
+    std::fs::create_dir_all(&col).unwrap();
+    let rec = json!({"dialog": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]});
+    std::fs::write(col.join("d.jsonl"), format!("{rec}\n")).unwrap();
+    let err = run(&[col.join("d.jsonl")], &tmp("column-none"), |_| {}).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("d.jsonl: no Claude Code session in this file"),
+        "{err:#}"
+    );
+    let out = tmp("column-out");
+    let st = run(&[col.join("d.jsonl")], &out, |o| {
+        o.column = Some("dialog".into())
+    })
+    .unwrap();
+    assert_eq!(st.samples_kept, 1);
+    assert!(samples(&out)[0].text.ends_with("pong<|return|>"));
+}

@@ -28,6 +28,15 @@ impl Reader for ClaudeCode {
     }
     fn read(&self, input: &Input, diag: &mut Diag) -> Result<ReadOut> {
         let (sessions, bad) = claude::read_jsonl(input.path, input.rel, diag)?;
+        if sessions.is_empty() && bad == 0 {
+            // Taken by its extension, but no line had a session: most likely a dataset whose
+            // conversation field has another name.
+            diag.warn(
+                input.rel,
+                None,
+                "no Claude Code session in this file (no line has a sessionId); if it is a chat dataset, name its conversation field with --column",
+            )?;
+        }
         Ok(ReadOut {
             sessions,
             files: 1,
