@@ -383,12 +383,12 @@ fn detection_by_content_and_column_option() {
     std::fs::copy(fixture("chat/sharegpt.jsonl"), dir.join("dump.txt")).unwrap();
     std::fs::copy(fixture("events/run.jsonl"), dir.join("capture.log")).unwrap();
     std::fs::copy(fixture("parquet/chat.parquet"), dir.join("shard-0")).unwrap();
-    let st = run(&[dir.clone()], &tmp("content-out"), |_| {}).unwrap();
+    let st = run(std::slice::from_ref(&dir), &tmp("content-out"), |_| {}).unwrap();
     assert_eq!(st.formats["sharegpt"].sessions, 2);
     assert_eq!(st.formats["opencode-events"].sessions, 1);
     assert_eq!(st.formats["parquet"].sessions, 3);
     // --format narrows detection to a family or one reader.
-    let st = run(&[dir.clone()], &tmp("content-chat"), |o| {
+    let st = run(std::slice::from_ref(&dir), &tmp("content-chat"), |o| {
         o.format = osstune_data::InputFormat::parse("chat").unwrap()
     })
     .unwrap();
