@@ -80,7 +80,9 @@ pub fn markdown(run: &Run) -> String {
         "**{}/{} PASS**, avg KW {:.0}%, total {:.0} s, {} tokens\n",
         sm.passed, sm.total, sm.avg_keyword_pct, sm.total_seconds, sm.tokens
     );
-    s.push_str("| # | task | category | verdict | KW% | time s | tok/s | tokens | retries | reason |\n");
+    s.push_str(
+        "| # | task | category | verdict | KW% | time s | tok/s | tokens | retries | reason |\n",
+    );
     s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for (i, t) in run.tasks.iter().enumerate() {
         let _ = writeln!(
@@ -150,8 +152,12 @@ fn load_stored(p: &Path) -> Result<StoredRun> {
     let path = results_path(p);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not an `osstune eval tasks` results.json", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not an `osstune eval tasks` results.json",
+            path.display()
+        )
+    })
 }
 
 /// Two runs side by side, by task id (tasks of either run; `-` where one lacks it).
@@ -212,7 +218,14 @@ fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
-        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }

@@ -33,14 +33,22 @@ fn check(schema: &Value, v: &Value, path: &str) -> Option<String> {
         Some(Value::String(t)) if !type_matches(t, v) => {
             return Some(format!("{path}: expected {t}, got {}", kind(v)))
         }
-        Some(Value::Array(ts)) if !ts.iter().filter_map(Value::as_str).any(|t| type_matches(t, v)) => {
+        Some(Value::Array(ts))
+            if !ts
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|t| type_matches(t, v)) =>
+        {
             return Some(format!("{path}: type {} not allowed", kind(v)))
         }
         _ => {}
     }
     if let Some(Value::Array(options)) = s.get("enum") {
         if !options.contains(v) {
-            return Some(format!("{path}: {v} is not one of {}", Value::Array(options.clone())));
+            return Some(format!(
+                "{path}: {v} is not one of {}",
+                Value::Array(options.clone())
+            ));
         }
     }
     if let Some(c) = s.get("const") {
@@ -56,10 +64,16 @@ fn check(schema: &Value, v: &Value, path: &str) -> Option<String> {
         }
     }
     if let Some(x) = v.as_f64() {
-        if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| x < m) {
+        if s.get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| x < m)
+        {
             return Some(format!("{path}: {x} below the minimum"));
         }
-        if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| x > m) {
+        if s.get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| x > m)
+        {
             return Some(format!("{path}: {x} above the maximum"));
         }
     }
@@ -149,8 +163,14 @@ mod tests {
             (json!({"filePath": "x", "limit": 0}), "below the minimum"),
             (json!({"filePath": "x", "limit": 1.5}), "expected integer"),
             (json!({"filePath": "x", "mode": "c"}), "is not one of"),
-            (json!({"filePath": "x", "tags": [1]}), "$.tags[0]: expected string"),
-            (json!({"filePath": "x", "oops": 1}), "unknown property \"oops\""),
+            (
+                json!({"filePath": "x", "tags": [1]}),
+                "$.tags[0]: expected string",
+            ),
+            (
+                json!({"filePath": "x", "oops": 1}),
+                "unknown property \"oops\"",
+            ),
             (json!([1]), "expected object"),
         ];
         for (v, want) in cases {
@@ -164,8 +184,14 @@ mod tests {
         let s = json!({"anyOf": [{"type": "string"}, {"type": "array"}]});
         assert_eq!(violation(&s, &json!("x")), None);
         assert!(violation(&s, &json!(1)).is_some());
-        assert_eq!(violation(&json!({"type": ["string", "null"]}), &json!(null)), None);
+        assert_eq!(
+            violation(&json!({"type": ["string", "null"]}), &json!(null)),
+            None
+        );
         // Without additionalProperties: false, extra keys are allowed.
-        assert_eq!(violation(&json!({"type": "object"}), &json!({"any": 1})), None);
+        assert_eq!(
+            violation(&json!({"type": "object"}), &json!({"any": 1})),
+            None
+        );
     }
 }

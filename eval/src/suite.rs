@@ -310,7 +310,8 @@ stdout_equals = "4"
     fn select_keeps_suite_order_and_rejects_unknown_ids() {
         let two = format!(
             "{OK}{}",
-            OK.replace("[suite]\nname = \"t\"", "").replace("\"a\"", "\"b\"")
+            OK.replace("[suite]\nname = \"t\"", "")
+                .replace("\"a\"", "\"b\"")
         );
         let mut s = Suite::parse(&two, "s.toml").unwrap();
         assert!(s.clone().select(&["zz".into()]).is_err());

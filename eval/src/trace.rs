@@ -11,7 +11,7 @@
 
 use crate::schema::violation;
 use osstune_harmony::{Content, Message, Role, ToolDescription};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,7 +154,7 @@ pub fn score(
 }
 
 /// A rate with its counts.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Rate {
     pub hits: usize,
     pub of: usize,
@@ -172,11 +172,14 @@ impl Rate {
 
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.of == 0 {
+            return write!(f, "n/a (0/0)");
+        }
         write!(f, "{:.0}% ({}/{})", self.pct(), self.hits, self.of)
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rates {
     pub harmony_ok: Rate,
     /// Over all generated tool calls.
@@ -289,7 +292,15 @@ mod tests {
 
     #[test]
     fn unparsable_output_is_not_harmony_and_has_no_action() {
-        let m = score("s", &sample(), &[], Some("bad header".into()), "max_tokens", false, 8);
+        let m = score(
+            "s",
+            &sample(),
+            &[],
+            Some("bad header".into()),
+            "max_tokens",
+            false,
+            8,
+        );
         assert!(!m.harmony_ok && !m.first_action_match);
         assert_eq!(m.first_action, Action::None);
     }

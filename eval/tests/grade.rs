@@ -54,7 +54,10 @@ fn a_correct_answer_passes() {
     assert!(r.pass, "{}", r.reason);
     assert_eq!(r.keyword_coverage, 1.0);
     assert_eq!(r.retries, 0);
-    assert_eq!(r.attempts[0].execution.as_ref().unwrap().stdout.trim(), "OK 42");
+    assert_eq!(
+        r.attempts[0].execution.as_ref().unwrap().stdout.trim(),
+        "OK 42"
+    );
 }
 
 #[test]
@@ -71,25 +74,43 @@ fn missing_keywords_fail_a_working_answer() {
 #[test]
 fn a_wrong_answer_fails_without_retry() {
     // The assertion fails: a wrong answer, not an execution error.
-    let r = grade_lines(&[answer("def add(a, b):\n    return a - b", WORDS), answer(GOOD, WORDS)]);
+    let r = grade_lines(&[
+        answer("def add(a, b):\n    return a - b", WORDS),
+        answer(GOOD, WORDS),
+    ]);
     assert!(!r.pass);
     assert_eq!(r.retries, 0);
     assert!(matches!(outcome(&r, 0), CheckOutcome::Wrong(w) if w.contains("AssertionError")));
     // Wrong stdout is a wrong answer too.
-    let r = grade_lines(&[answer("def add(a, b):\n    return 5 if a == 2 else 0", WORDS)]);
-    assert!(matches!(outcome(&r, 0), CheckOutcome::Wrong(w) if w.contains("does not match")), "{r:?}");
+    let r = grade_lines(&[answer(
+        "def add(a, b):\n    return 5 if a == 2 else 0",
+        WORDS,
+    )]);
+    assert!(
+        matches!(outcome(&r, 0), CheckOutcome::Wrong(w) if w.contains("does not match")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn an_execution_error_is_retried_until_a_pass() {
     let crash = answer("def add(a, b):\n    return a + undefined_name", WORDS);
-    let r = grade_lines(&[crash.clone(), answer("syntax error here(", WORDS), answer(GOOD, WORDS)]);
+    let r = grade_lines(&[
+        crash.clone(),
+        answer("syntax error here(", WORDS),
+        answer(GOOD, WORDS),
+    ]);
     assert!(r.pass, "{}", r.reason);
     assert_eq!(r.retries, 2);
     assert!(matches!(outcome(&r, 0), CheckOutcome::Error(e) if e.contains("NameError")));
     assert!(matches!(outcome(&r, 1), CheckOutcome::Error(e) if e.contains("SyntaxError")));
     // Three errors use up the two retries; a fourth answer is never asked for.
-    let r = grade_lines(&[crash.clone(), crash.clone(), crash.clone(), answer(GOOD, WORDS)]);
+    let r = grade_lines(&[
+        crash.clone(),
+        crash.clone(),
+        crash.clone(),
+        answer(GOOD, WORDS),
+    ]);
     assert!(!r.pass && r.retries == 2 && r.attempts.len() == 3);
     assert!(r.reason.contains("retries used up"), "{}", r.reason);
     // A replay with fewer answers than retries says so.
@@ -99,7 +120,10 @@ fn an_execution_error_is_retried_until_a_pass() {
 
 #[test]
 fn a_timeout_fails_and_is_not_retried() {
-    let r = grade_lines(&[answer("import time\ntime.sleep(30)", WORDS), answer(GOOD, WORDS)]);
+    let r = grade_lines(&[
+        answer("import time\ntime.sleep(30)", WORDS),
+        answer(GOOD, WORDS),
+    ]);
     assert!(!r.pass);
     assert_eq!(r.attempts.len(), 1);
     assert!(matches!(outcome(&r, 0), CheckOutcome::Killed(w) if w.contains("timed out")));
@@ -115,7 +139,9 @@ fn code_only_in_the_analysis_channel_is_not_an_answer() {
     });
     let r = grade_lines(&[line.clone(), line.clone(), line]);
     assert!(!r.pass);
-    assert!(matches!(outcome(&r, 0), CheckOutcome::Error(e) if e == "no code block in the final answer"));
+    assert!(
+        matches!(outcome(&r, 0), CheckOutcome::Error(e) if e == "no code block in the final answer")
+    );
     assert_eq!(r.retries, 2);
 }
 
@@ -149,8 +175,15 @@ keyword_mode = "any"
 
 #[test]
 fn bad_replay_lines_name_the_file_and_line() {
-    let e = Replay::parse("{\"task\":\"a\",\"final\":\"x\"}\n{\"task\":\"a\"}", "r.jsonl").err().unwrap();
+    let e = Replay::parse(
+        "{\"task\":\"a\",\"final\":\"x\"}\n{\"task\":\"a\"}",
+        "r.jsonl",
+    )
+    .err()
+    .unwrap();
     assert!(format!("{e:#}").contains("r.jsonl:2"), "{e:#}");
-    let e = Replay::parse("{\"task\":\"a\",\"fnal\":\"x\"}", "r.jsonl").err().unwrap();
+    let e = Replay::parse("{\"task\":\"a\",\"fnal\":\"x\"}", "r.jsonl")
+        .err()
+        .unwrap();
     assert!(format!("{e:#}").contains("fnal"), "{e:#}");
 }

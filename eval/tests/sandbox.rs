@@ -64,9 +64,18 @@ fn processes_of(uid: u32) -> usize {
 
 #[test]
 fn ordinary_code_passes_and_its_folder_is_removed() {
-    let r = grade("import os\nprint(os.getcwd(), file=__import__('sys').stderr)\nprint('done')", 20.0);
+    let r = grade(
+        "import os\nprint(os.getcwd(), file=__import__('sys').stderr)\nprint('done')",
+        20.0,
+    );
     assert!(r.pass, "{}", r.reason);
-    let cwd = r.attempts[0].execution.as_ref().unwrap().stderr.trim().to_string();
+    let cwd = r.attempts[0]
+        .execution
+        .as_ref()
+        .unwrap()
+        .stderr
+        .trim()
+        .to_string();
     assert!(cwd.contains("osstune-eval-"), "{cwd}");
     assert!(!PathBuf::from(&cwd).exists(), "{cwd} was not removed");
 }
@@ -79,14 +88,21 @@ fn as_root_the_full_isolation_holds() {
     }
     let i = sandbox().isolation();
     assert_eq!(i.run_as, Some((65534, 65534)), "{:?}", sandbox().notes());
-    assert!(i.network_namespace && i.private_mounts, "{:?}", sandbox().notes());
+    assert!(
+        i.network_namespace && i.private_mounts,
+        "{:?}",
+        sandbox().notes()
+    );
 }
 
 #[test]
 fn an_infinite_loop_is_killed_at_the_timeout() {
     let r = grade("while True:\n    pass", 2.0);
     assert!(!r.pass);
-    assert!(matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("timed out")), "{r:?}");
+    assert!(
+        matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("timed out")),
+        "{r:?}"
+    );
     assert!(r.seconds < 10.0);
 }
 
@@ -96,9 +112,13 @@ fn a_fork_bomb_is_contained() {
         // As root the kernel ignores RLIMIT_NPROC: a fork bomb would be real. Say so loudly.
         panic!("running as root without a user switch: refusing to run a fork bomb");
     }
-    let uid = sandbox().isolation().run_as.map_or_else(|| unsafe { libc::geteuid() }, |u| u.0);
+    let uid = sandbox()
+        .isolation()
+        .run_as
+        .map_or_else(|| unsafe { libc::geteuid() }, |u| u.0);
     let before = processes_of(uid);
-    let code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let code =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
     let r = grade(code, 3.0);
     assert!(!r.pass);
     assert!(matches!(outcome(&r), CheckOutcome::Killed(_)), "{r:?}");
@@ -124,7 +144,10 @@ fn a_1_gb_print_is_cut_off() {
     let code = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nprint('done')";
     let r = grade(code, 30.0);
     assert!(!r.pass);
-    assert!(matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("output")), "{r:?}");
+    assert!(
+        matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("output")),
+        "{r:?}"
+    );
     let e = r.attempts[0].execution.as_ref().unwrap();
     assert!(e.stdout.len() <= 1 << 20);
 }
@@ -132,7 +155,8 @@ fn a_1_gb_print_is_cut_off() {
 #[test]
 fn writes_outside_its_folder_fail() {
     // A root-owned folder (as root, the code runs as nobody), the folder above its own, /tmp.
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("escape-{}", std::process::id()));
+    let target =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("escape-{}", std::process::id()));
     std::fs::create_dir_all(&target).unwrap();
     let tmp = PathBuf::from(format!("/tmp/osstune-escape-{}", std::process::id()));
     let mut places = vec![format!("{}/x", target.display()), "../escape".to_string()];
@@ -155,12 +179,21 @@ fn writes_outside_its_folder_fail() {
 
 #[test]
 fn killing_its_parent_or_the_harness_does_not_reach_the_harness() {
-    let r = grade("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('done')", 20.0);
+    let r = grade(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('done')",
+        20.0,
+    );
     assert!(!r.pass);
-    assert!(matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("signal 9")), "{r:?}");
+    assert!(
+        matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("signal 9")),
+        "{r:?}"
+    );
     if sandbox().isolation().run_as.is_some() {
         // The harness's own pid: as another user, the kill is refused.
-        let code = format!("import os\nos.kill({}, 9)\nprint('done')", std::process::id());
+        let code = format!(
+            "import os\nos.kill({}, 9)\nprint('done')",
+            std::process::id()
+        );
         let r = grade(&code, 20.0);
         assert!(r.reason.contains("PermissionError"), "{}", r.reason);
     }
@@ -179,9 +212,14 @@ fn no_network_and_no_inherited_environment() {
         )
         .unwrap();
     drop(turn);
-    assert!(e.stdout.contains("None") && !e.stdout.contains("hunter2"), "{}", e.stdout);
+    assert!(
+        e.stdout.contains("None") && !e.stdout.contains("hunter2"),
+        "{}",
+        e.stdout
+    );
     if sandbox().isolation().network_namespace {
-        let code = "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)\nprint('done')";
+        let code =
+            "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)\nprint('done')";
         let r = grade(code, 20.0);
         assert!(!r.pass);
         assert!(r.reason.contains("unreachable"), "{}", r.reason);
@@ -196,5 +234,8 @@ fn a_missing_interpreter_is_a_clear_error() {
         .err()
         .unwrap();
     let msg = format!("{e:#}");
-    assert!(msg.contains("/nonexistent/python9") && msg.contains("--python"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/python9") && msg.contains("--python"),
+        "{msg}"
+    );
 }

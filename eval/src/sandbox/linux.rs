@@ -63,7 +63,11 @@ pub(super) fn confine(
     dirs.push(std::env::temp_dir());
     for d in dirs {
         if let Ok(real) = std::fs::canonicalize(&d) {
-            if real.is_dir() && !protect.iter().any(|p| p.as_bytes() == real.as_os_str().as_bytes()) {
+            if real.is_dir()
+                && !protect
+                    .iter()
+                    .any(|p| p.as_bytes() == real.as_os_str().as_bytes())
+            {
                 protect.push(cstr(&real)?);
             }
         }
@@ -94,12 +98,30 @@ pub(super) fn confine(
             }
             if iso.private_mounts {
                 // Nothing mounted here propagates back to the machine.
-                check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                check(libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
                 // The work folder becomes its own (writable) mount, so the read-only bind of the
                 // folder above it keeps a writable copy of it.
-                check(libc::mount(work_c.as_ptr(), work_c.as_ptr(), none, libc::MS_BIND, std::ptr::null()))?;
+                check(libc::mount(
+                    work_c.as_ptr(),
+                    work_c.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
                 for d in &protect {
-                    check(libc::mount(d.as_ptr(), d.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    check(libc::mount(
+                        d.as_ptr(),
+                        d.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
                     check(libc::mount(
                         none,
                         d.as_ptr(),

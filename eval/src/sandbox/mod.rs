@@ -372,7 +372,10 @@ fn resolve_python(python: Option<&Path>) -> Result<PathBuf> {
     // The interpreter is the user's (trusted); asking it where it lives also resolves shims
     // (pyenv) that would need the caller's environment.
     let out = Command::new(&name)
-        .args(["-c", "import sys; print(sys.executable); print(sys.version_info[0])"])
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.version_info[0])",
+        ])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
@@ -416,7 +419,11 @@ fn make_base_dir() -> Result<PathBuf> {
 }
 
 /// Reads a pipe up to `cap` bytes (the rest is drained and dropped, `over` set).
-fn capture(mut r: impl Read + Send + 'static, cap: usize, over: Arc<AtomicBool>) -> mpsc::Receiver<Vec<u8>> {
+fn capture(
+    mut r: impl Read + Send + 'static,
+    cap: usize,
+    over: Arc<AtomicBool>,
+) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut kept = Vec::new();
