@@ -41,17 +41,23 @@ pub fn summarize(tasks: &[TaskResult]) -> Summary {
 /// The model card's table, one row per task, and its summary line.
 pub fn table(tasks: &[TaskResult]) -> String {
     let w = tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
+    let cw = tasks
+        .iter()
+        .map(|t| t.category.chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     let mut s = format!(
-        "{:>2}  {:<w$}  {:<14} {:<7} {:>5} {:>8} {:>7} {:>7} {:>7}\n",
+        "{:>2}  {:<w$}  {:<cw$}  {:<7} {:>5} {:>8} {:>7} {:>7} {:>7}\n",
         "#", "task", "category", "verdict", "KW%", "time s", "tok/s", "tokens", "retries"
     );
     for (i, t) in tasks.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{:>2}  {:<w$}  {:<14} {:<7} {:>5.0} {:>8.1} {:>7.1} {:>7} {:>7}",
+            "{:>2}  {:<w$}  {:<cw$}  {:<7} {:>5.0} {:>8.1} {:>7.1} {:>7} {:>7}",
             i + 1,
             t.id,
-            clip(&t.category, 14),
+            t.category,
             if t.pass { "PASS" } else { "FAIL" },
             t.keyword_coverage * 100.0,
             t.seconds,

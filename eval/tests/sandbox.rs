@@ -28,6 +28,12 @@ fn is_root() -> bool {
 
 /// Grades `code` as the answer of a one-task suite whose check expects stdout "done".
 fn grade(code: &str, timeout_s: f64) -> TaskResult {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    grade_in_turn(code, timeout_s)
+}
+
+/// [`grade`] for a caller that already holds [`TURN`].
+fn grade_in_turn(code: &str, timeout_s: f64) -> TaskResult {
     let suite = format!(
         "[[task]]\nid = \"t\"\ncategory = \"abuse\"\nprompt = \"p\"\n\
          [task.check]\nstdout_equals = \"done\"\ntimeout_s = {timeout_s}\nretries = 0\n"
@@ -35,7 +41,6 @@ fn grade(code: &str, timeout_s: f64) -> TaskResult {
     let suite = Suite::parse(&suite, "abuse.toml").unwrap();
     let line = serde_json::json!({"task": "t", "final": format!("```python\n{code}\n```")});
     let mut replay = Replay::parse(&line.to_string(), "r.jsonl").unwrap();
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     grade_task(&suite.tasks[0], &mut replay, Some(sandbox())).unwrap()
 }
 
@@ -116,10 +121,12 @@ fn a_fork_bomb_is_contained() {
         .isolation()
         .run_as
         .map_or_else(|| unsafe { libc::geteuid() }, |u| u.0);
+    // Holding the turn for the whole test: no other test's sandboxed process is counted.
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let before = processes_of(uid);
     let code =
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
-    let r = grade(code, 3.0);
+    let r = grade_in_turn(code, 3.0);
     assert!(!r.pass);
     assert!(matches!(outcome(&r), CheckOutcome::Killed(_)), "{r:?}");
     // The group was killed: within a moment nothing of the bomb is left.
@@ -129,7 +136,7 @@ fn a_fork_bomb_is_contained() {
     }
     assert!(processes_of(uid) <= before, "fork bomb processes survived");
     // And the harness goes on.
-    assert!(grade("print('done')", 20.0).pass);
+    assert!(grade_in_turn("print('done')", 20.0).pass);
 }
 
 #[test]

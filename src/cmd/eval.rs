@@ -218,8 +218,8 @@ fn run_tasks(a: TasksArgs) -> Result<()> {
         (answers.join("\n") + "\n").as_bytes(),
     )?;
     println!(
-        "wrote {} , report.md and responses.jsonl",
-        a.out.join("results.json").display()
+        "wrote results.json, report.md and responses.jsonl in {}",
+        a.out.display()
     );
     Ok(())
 }
