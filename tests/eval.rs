@@ -148,6 +148,25 @@ fn errors_come_before_any_model_is_loaded() {
     let err = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("bad.toml") && err.contains("keywrds"), "{err}");
+    // So is a module a check needs.
+    let needs = dir.join("needs.toml");
+    std::fs::write(
+        &needs,
+        "[[task]]\nid = \"a\"\ncategory = \"c\"\nprompt = \"p\"\n[task.check]\n\
+         requires = [\"osstune_no_such_module\"]\n",
+    )
+    .unwrap();
+    let o = osstune()
+        .args(["eval", "tasks", "--model", "/nonexistent/model", "--suite"])
+        .arg(&needs)
+        .output()
+        .unwrap();
+    let err = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("\"osstune_no_such_module\"") && err.contains("pip install"),
+        "{err}"
+    );
     // A replay missing a task says which.
     let replay = dir.join("r.jsonl");
     std::fs::write(&replay, "{\"task\":\"three-claims\",\"final\":\"x\"}\n").unwrap();

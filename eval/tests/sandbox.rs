@@ -113,9 +113,11 @@ fn an_infinite_loop_is_killed_at_the_timeout() {
 
 #[test]
 fn a_fork_bomb_is_contained() {
-    if is_root() && sandbox().isolation().run_as.is_none() {
-        // As root the kernel ignores RLIMIT_NPROC: a fork bomb would be real. Say so loudly.
-        panic!("running as root without a user switch: refusing to run a fork bomb");
+    let iso = sandbox().isolation();
+    if is_root() && iso.run_as.is_none() && !iso.process_cgroup {
+        // As root the kernel ignores RLIMIT_NPROC: without a user switch or a pids cgroup a
+        // fork bomb would be real. Say so loudly.
+        panic!("running as root without a user switch or pids cgroup: refusing a fork bomb");
     }
     let uid = sandbox()
         .isolation()
@@ -137,6 +139,32 @@ fn a_fork_bomb_is_contained() {
     assert!(processes_of(uid) <= before, "fork bomb processes survived");
     // And the harness goes on.
     assert!(grade_in_turn("print('done')", 20.0).pass);
+}
+
+#[test]
+fn a_process_that_leaves_the_group_does_not_outlive_the_run() {
+    if !sandbox().isolation().process_cgroup {
+        eprintln!("SKIP: no pids cgroup here; a setsid process can outlive the run (documented)");
+        return;
+    }
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let uid = sandbox()
+        .isolation()
+        .run_as
+        .map_or_else(|| unsafe { libc::geteuid() }, |u| u.0);
+    let before = processes_of(uid);
+    let code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n    os._exit(0)\nprint('done')";
+    let r = grade_in_turn(code, 10.0);
+    assert!(!r.pass);
+    assert!(
+        matches!(outcome(&r), CheckOutcome::Killed(w) if w.contains("left the process group")),
+        "{r:?}"
+    );
+    assert!(
+        r.seconds < 8.0,
+        "the harness waited for the escaped process"
+    );
+    assert!(processes_of(uid) <= before, "the escaped process survived");
 }
 
 #[test]

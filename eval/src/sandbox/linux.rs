@@ -1,6 +1,7 @@
 //! The Linux confinement, applied in the child between fork and exec.
 //!
-//! Order matters: namespaces and mounts need root, so they come first; then the limits; then
+//! Order matters: joining the run's pids cgroup, namespaces and mounts need root, so they come
+//! first; then the limits; then
 //! the switch to the unprivileged user (after which RLIMIT_NPROC binds: the kernel exempts
 //! only root and holders of CAP_SYS_RESOURCE / CAP_SYS_ADMIN, see fork(2) EAGAIN and
 //! https://man7.org/linux/man-pages/man2/setrlimit.2.html); last the split into a throwaway
@@ -56,6 +57,7 @@ pub(super) fn confine(
     iso: &Isolation,
     work: &Path,
     limits: &Limits,
+    cgroup_procs: Option<CString>,
 ) -> Result<()> {
     let work_c = cstr(work)?;
     let mut protect: Vec<CString> = Vec::new();
@@ -86,6 +88,18 @@ pub(super) fn confine(
         // SAFETY: only async-signal-safe system calls on data prepared before the fork.
         unsafe {
             let none = std::ptr::null::<libc::c_char>();
+            if let Some(procs) = &cgroup_procs {
+                // "0" is the writer itself; everything it starts inherits the cgroup.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             let mut flags = 0;
             if iso.network_namespace {
                 flags |= libc::CLONE_NEWNET;

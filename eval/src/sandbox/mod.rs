@@ -9,14 +9,18 @@
 //! never the harness. On Linux, as root, it also runs as `nobody` (so the process limit binds —
 //! the kernel does not apply RLIMIT_NPROC to root — and nothing root-owned is writable), in a new
 //! network namespace (no network) and a new mount namespace where /tmp, /var/tmp and /dev/shm
-//! are read-only. Which of these hold is probed once ([`Sandbox::new`]) and reported in
+//! are read-only, and in a pids cgroup of its own (a process cap that binds whatever the user,
+//! and the list of every process of the run, so cleanup finds even one that called `setsid`).
+//! Which of these hold is probed once ([`Sandbox::new`]) and reported in
 //! [`Sandbox::guarantees`]; what is missing is said there, never silently assumed.
 //!
 //! What it does not promise (docs/eval.md): reads are not confined (the code can read any file
-//! its user can, and as root with a root-only interpreter, any file), and a process that leaves
-//! the process group (`setsid`) survives the group kill (it is still bounded by the process
-//! and CPU limits, and the harness stops waiting for it).
+//! its user can, and as root with a root-only interpreter, any file); without a pids cgroup, a
+//! process that leaves the process group (`setsid`) survives the group kill (it is still
+//! bounded by the process and CPU limits, and the harness stops waiting for it).
 
+#[cfg(target_os = "linux")]
+mod cgroup;
 #[cfg(target_os = "linux")]
 mod linux;
 
@@ -128,6 +132,9 @@ pub struct Isolation {
     pub network_namespace: bool,
     /// /tmp, /var/tmp, /dev/shm read-only.
     pub private_mounts: bool,
+    /// A pids cgroup per run: caps processes for any user (root included) and finds every
+    /// process of the run at the end, even one that left the process group.
+    pub process_cgroup: bool,
 }
 
 pub struct Sandbox {
@@ -214,6 +221,11 @@ impl Sandbox {
         } else {
             "/tmp NOT protected (no mount namespace)".into()
         });
+        g.push(if i.process_cgroup {
+            "pids cgroup: every process of the run is killed at the end, setsid or not".into()
+        } else {
+            "no pids cgroup: a process that calls setsid can outlive the run".into()
+        });
         g
     }
 
@@ -286,8 +298,18 @@ impl Sandbox {
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         #[cfg(target_os = "linux")]
-        linux::confine(&mut cmd, &self.isolation, &work, limits)?;
-        supervise(cmd, limits)
+        {
+            let cgroup = match self.isolation.process_cgroup {
+                true => Some(cgroup::PidsCgroup::create(limits.processes)?),
+                false => None,
+            };
+            let procs = cgroup.as_ref().map(|c| c.procs_file()).transpose()?;
+            linux::confine(&mut cmd, &self.isolation, &work, limits, procs)?;
+            let escapees = || cgroup.as_ref().map_or(Ok(0), |c| c.kill_all());
+            supervise(cmd, limits, &escapees)
+        }
+        #[cfg(not(target_os = "linux"))]
+        supervise(cmd, limits, &|| Ok(0))
     }
 }
 
@@ -319,7 +341,8 @@ fn is_root() -> bool {
 }
 
 /// Strongest first. As root: drop to nobody (keeping read access when the interpreter sits in
-/// a root-only folder), with network and mount namespaces; then without the namespaces.
+/// a root-only folder), with network and mount namespaces; then without the namespaces; each
+/// first with a pids cgroup, then without.
 fn candidates(python: &Path) -> Vec<Isolation> {
     let mut out = Vec::new();
     if is_root() && cfg!(target_os = "linux") {
@@ -329,17 +352,26 @@ fn candidates(python: &Path) -> Vec<Isolation> {
             read_any_file,
             network_namespace: true,
             private_mounts: true,
+            process_cgroup: false,
         };
-        out.push(base.clone());
-        out.push(Isolation {
-            private_mounts: false,
-            ..base.clone()
-        });
-        out.push(Isolation {
-            network_namespace: false,
-            private_mounts: false,
-            ..base
-        });
+        for iso in [
+            base.clone(),
+            Isolation {
+                private_mounts: false,
+                ..base.clone()
+            },
+            Isolation {
+                network_namespace: false,
+                private_mounts: false,
+                ..base
+            },
+        ] {
+            out.push(Isolation {
+                process_cgroup: true,
+                ..iso.clone()
+            });
+            out.push(iso);
+        }
     } else if cfg!(target_os = "linux") {
         out.push(Isolation {
             network_namespace: true,
@@ -464,7 +496,12 @@ fn group_alive(pgid: u32) -> bool {
 }
 
 /// Starts `cmd`, enforces the wall clock and output cap, and collects the result.
-fn supervise(mut cmd: Command, limits: &Limits) -> Result<Execution> {
+/// `kill_escapees` kills what is left outside the process group and says how many there were.
+fn supervise(
+    mut cmd: Command,
+    limits: &Limits,
+    kill_escapees: &dyn Fn() -> Result<usize>,
+) -> Result<Execution> {
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting the sandboxed process")?;
     let pgid = child.id();
@@ -503,10 +540,12 @@ fn supervise(mut cmd: Command, limits: &Limits) -> Result<Execution> {
         std::thread::sleep(Duration::from_millis(10));
     }
     output_limit |= over.load(Ordering::SeqCst);
-    // Readers end when every writer is gone; one that escaped the group keeps a pipe open.
+    let escapees = kill_escapees()?;
+    // Readers end when every writer is gone; one that escaped the group (and no cgroup found
+    // it) keeps a pipe open.
     let grace = Duration::from_secs(2);
     let (stdout, stderr) = (out_rx.recv_timeout(grace), err_rx.recv_timeout(grace));
-    let escaped = stdout.is_err() || stderr.is_err();
+    let escaped = escapees > 0 || stdout.is_err() || stderr.is_err();
     let text = |r: Result<Vec<u8>, _>| String::from_utf8_lossy(&r.unwrap_or_default()).into_owned();
     #[cfg(unix)]
     let signal = std::os::unix::process::ExitStatusExt::signal(&status);
