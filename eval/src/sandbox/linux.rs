@@ -75,11 +75,19 @@ pub(super) fn confine(
         }
     }
     let mib = 1u64 << 20;
+    // RLIMIT_NPROC counts every process of the real user. The `nobody` sandbox user owns none
+    // but the run's; a non-root caller's own processes count too, so the cap goes on top.
+    let processes = match iso.run_as {
+        None if unsafe { libc::geteuid() } != 0 => {
+            processes_of(unsafe { libc::getuid() }) as u64 + limits.processes
+        }
+        _ => limits.processes,
+    };
     let rlimits: [(libc::__rlimit_resource_t, u64); 6] = [
         (libc::RLIMIT_CPU, limits.cpu_s),
         (libc::RLIMIT_AS, limits.memory_mb * mib),
         (libc::RLIMIT_FSIZE, limits.file_mb * mib),
-        (libc::RLIMIT_NPROC, limits.processes),
+        (libc::RLIMIT_NPROC, processes),
         (libc::RLIMIT_NOFILE, limits.open_files),
         (libc::RLIMIT_CORE, 0),
     ];
@@ -174,6 +182,28 @@ pub(super) fn confine(
         cmd.pre_exec(child);
     }
     Ok(())
+}
+
+/// Processes (threads are not counted by RLIMIT_NPROC's check) whose real uid is `uid`.
+fn processes_of(uid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .is_some_and(|u| u == uid.to_string())
+        })
+        .count()
 }
 
 /// After setuid with KEEPCAPS: permitted = effective = inheritable = ambient = {DAC_READ_SEARCH},
