@@ -264,6 +264,7 @@ fn session_loss_equals_training_validation_and_generation_is_scored() {
     for s in samples {
         assert!(s["tokens"].as_u64().unwrap() <= 8);
         assert!(s["reference_action"]["kind"].is_string());
+        assert!(s["generated"].is_string());
     }
     assert_eq!(base["rates"]["harmony_ok"]["of"], samples.len());
     let cmp = run_ok(

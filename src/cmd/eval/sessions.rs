@@ -112,6 +112,7 @@ pub fn run(a: SessionsArgs) -> Result<()> {
         tf.loss, tf.perplexity, tf.trained_tokens, tf.samples
     );
     let mut samples: Vec<SampleMetrics> = Vec::new();
+    let mut generated: Vec<String> = Vec::new();
     let mut without_target = Vec::new();
     for (i, (lineno, s)) in lines.iter().enumerate() {
         let Some(ctx) = trace::context_len(&s.loss_mask) else {
@@ -136,6 +137,7 @@ pub fn run(a: SessionsArgs) -> Result<()> {
             out.ends_cleanly,
             out.response.tokens,
         ));
+        generated.push(out.response.text);
     }
     if !without_target.is_empty() {
         eprintln!(
@@ -146,11 +148,21 @@ pub fn run(a: SessionsArgs) -> Result<()> {
     }
     let rates = trace::rates(&samples);
     print!("{}", rates_text(&rates));
+    // Each sample's metrics with what the model wrote (special tokens spelled out).
+    let per_sample: Vec<serde_json::Value> = samples
+        .iter()
+        .zip(&generated)
+        .map(|(m, text)| {
+            let mut v = serde_json::to_value(m).expect("metrics serialize");
+            v["generated"] = json!(text);
+            v
+        })
+        .collect();
     let report = json!({
         "data": a.data, "model": a.model, "adapter": a.adapter,
         "max_tokens": a.max_tokens, "temperature": a.temperature, "seed": a.seed,
         "teacher_forced": tf, "rates": rates,
-        "without_target": without_target, "samples": samples,
+        "without_target": without_target, "samples": per_sample,
     });
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let path = a.out.join("sessions.json");
