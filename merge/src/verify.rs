@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use osstune_model::model::GptOss;
+use osstune_model::arch::gpt_oss::GptOss;
 use osstune_train::adapters::Adapters;
 use osstune_train::trainer;
 use std::path::Path;

@@ -4,7 +4,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs};
-use osstune_model::{mxfp4, quant, Cache, GptOss};
+use osstune_model::quant::{affine as quant, mxfp4};
+use osstune_model::{Cache, GptOss};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -5,9 +5,9 @@ mod common;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs;
-use osstune_model::linear::Linear;
-use osstune_model::masked_softmax::{masked_sink_softmax, CausalMask};
-use osstune_model::{ops, LoraLinear};
+use osstune_model::arch::linear::Linear;
+use osstune_model::kernels::cpu::masked_softmax::{masked_sink_softmax, CausalMask};
+use osstune_model::{kernels::cpu::ops, LoraLinear};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -209,7 +209,7 @@ fn fused_attention_case(
     (hq, hkv, d): (usize, usize, usize),
     window: Option<usize>,
 ) {
-    use osstune_model::fused_attention::try_fused_attention;
+    use osstune_model::kernels::cpu::attention::try_fused_attention;
     let q = Var::from_tensor(&randn(&[b, t, hq * d], 11)).unwrap();
     let k = Var::from_tensor(&randn(&[b, t, hkv * d], 12)).unwrap();
     let v = Var::from_tensor(&randn(&[b, t, hkv * d], 13)).unwrap();
@@ -274,7 +274,7 @@ fn expert_order(n: usize, k: usize, mul: u32, add: u32) -> (Vec<u32>, Vec<u32>) 
 
 #[test]
 fn moe_combine_matches_composition() {
-    use osstune_model::combine::combine;
+    use osstune_model::kernels::cpu::routing::combine;
     let (n, k, h) = (13, 3, 10);
     let (slots, tokens) = expert_order(n, k, 17, 5);
     let y = Var::from_tensor(&randn(&[n * k, h], 21)).unwrap();
@@ -317,7 +317,7 @@ fn moe_combine_matches_composition() {
 
 #[test]
 fn moe_dispatch_matches_index_select() {
-    use osstune_model::combine::dispatch;
+    use osstune_model::kernels::cpu::routing::dispatch;
     let (n, k, h) = (11, 4, 9);
     let (slots, tokens) = expert_order(n, k, 13, 7);
     let x = Var::from_tensor(&randn(&[n, h], 31)).unwrap();

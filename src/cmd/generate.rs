@@ -10,8 +10,8 @@ use candle_core::{DType, Device};
 use osstune_harmony::{
     Message, ReasoningEffort, RenderOptions, Renderer, Role, SystemContent, Tokenizer,
 };
-use osstune_model::generation::{generate, GenerateOptions, Generation, StopReason};
-use osstune_model::sampling::{Sampler, SamplingParams};
+use osstune_model::generate::generation::{generate, GenerateOptions, Generation, StopReason};
+use osstune_model::generate::sampling::{Sampler, SamplingParams};
 use osstune_model::GptOss;
 use serde_json::{json, Value};
 use std::path::PathBuf;

@@ -26,7 +26,7 @@ use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use osstune_model::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
+use osstune_model::kernels::cpu::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
 use osstune_model::GptOss;
 use rayon::prelude::*;
 

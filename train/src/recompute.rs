@@ -9,18 +9,18 @@
 //!   backward of Σ(y_l · dL/dy_l) yields dL/dx_l and the layer's LoRA gradients.
 //!
 //! Cost: one extra forward per layer; memory: one layer's graph plus L·B·T·H floats.
-//! The per-layer forward mirrors `osstune_model::model::Block::forward` (pre-norm attention,
+//! The per-layer forward mirrors `osstune_model::arch::gpt_oss::Block::forward` (pre-norm attention,
 //! then pre-norm MoE, both residual); `tests` checks the gradients against the plain path.
 //! LoRA dropout needs nothing here: its masks are a pure function of the seed the trainer set
-//! for this micro-step (see `osstune_model::dropout`), so the recompute draws the same masks
+//! for this micro-step (see `osstune_model::lora::dropout`), so the recompute draws the same masks
 //! as the first forward.
 
 use crate::loss::{hidden_loss, BatchTensors};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use osstune_model::model::Block;
-use osstune_model::{ops, GptOss};
+use osstune_model::arch::gpt_oss::Block;
+use osstune_model::{kernels::cpu::ops, GptOss};
 
 fn block_forward(
     model: &GptOss,

@@ -6,7 +6,7 @@
 //!
 //! LoRA dropout (`lora.dropout` > 0) is switched on for each training micro-step only, with
 //! a seed that is a pure function of (run seed, step, micro-batch index) — see
-//! [`dropout_seed`] and `osstune_model::dropout` — so resumed runs and activation
+//! [`dropout_seed`] and `osstune_model::lora::dropout` — so resumed runs and activation
 //! checkpointing's recompute draw the same masks, and validation never sees dropout.
 
 use crate::adapters::{select_targets, Adapters, BaseModelInfo, TargetShape};

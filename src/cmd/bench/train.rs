@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Var};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::GptOss;
 use osstune_optim::Optimizer;
 use osstune_train::adapters::{select_targets, Adapters};

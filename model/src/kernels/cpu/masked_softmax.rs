@@ -7,7 +7,7 @@
 //! is 0 and adding 0 to the row sum changes nothing), and the backward is one pass over
 //! `(y, g)` instead of four candle ops. Other devices/dtypes fall back to mask + candle ops.
 
-use crate::ops::{contiguous_f32, simd, sink_softmax_row};
+use crate::kernels::cpu::ops::{contiguous_f32, simd, sink_softmax_row};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -172,5 +172,5 @@ pub fn masked_sink_softmax(scores: &Tensor, sinks: &Tensor, mask: CausalMask) ->
         Some(m) => scores.broadcast_add(&m)?,
         None => scores,
     };
-    crate::ops::sink_softmax(&scores, sinks)
+    crate::kernels::cpu::ops::sink_softmax(&scores, sinks)
 }

@@ -6,9 +6,9 @@
 //! weights are constants captured by the op; quantized experts are dequantized per expert
 //! inside the op, forward and backward, so nothing dense outlives the call.
 
-use crate::experts::ExpertMat;
-use crate::mxfp4;
-use crate::ops::contiguous_f32;
+use crate::kernels::cpu::ops::contiguous_f32;
+use crate::quant::experts::ExpertMat;
+use crate::quant::mxfp4;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +20,7 @@ type CResult<T> = candle_core::Result<T>;
 pub type Segments = Vec<(usize, usize, usize)>;
 
 fn threads(work: usize) -> gemm::Parallelism {
-    let n = crate::ops::num_threads();
+    let n = crate::kernels::cpu::ops::num_threads();
     // Inside a rayon task (`for_segments`, the fused attention's blocks) the caller already
     // keeps every thread busy: nested splitting would only add synchronisation.
     if n > 1 && work > 1 << 16 && rayon::current_thread_index().is_none() {
@@ -43,7 +43,7 @@ pub(crate) fn for_segments<X: Send>(
     items: Vec<(&(usize, usize, usize), X)>,
     f: impl Fn((&(usize, usize, usize), X)) -> CResult<()> + Sync + Send,
 ) -> CResult<()> {
-    let n = crate::ops::num_threads();
+    let n = crate::kernels::cpu::ops::num_threads();
     if items.len() < 2 * n {
         return items.into_iter().try_for_each(f);
     }

@@ -26,7 +26,7 @@
 //! With p > 0 the projections take their unfused compositions (base op on x + LoRA op on
 //! dropout(x)), since the fused ops feed one input to both paths.
 
-use crate::model::GptOss;
+use crate::arch::gpt_oss::GptOss;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;

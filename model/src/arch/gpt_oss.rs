@@ -1,12 +1,12 @@
 //! The gpt-oss decoder (spec §1.2): embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x)))
 //! → RMSNorm → untied lm_head. Loading lives in `load.rs`.
 
-use crate::attention::{Attention, LayerCache};
+use crate::arch::attention::{Attention, LayerCache};
+use crate::arch::moe::Moe;
+use crate::arch::rope::RopeTable;
 use crate::config::Config;
-use crate::lora::{check_linear, check_switch, LoraAdapter, LoraTarget};
-use crate::moe::Moe;
-use crate::ops;
-use crate::rope::RopeTable;
+use crate::kernels::cpu::ops;
+use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraTarget};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 

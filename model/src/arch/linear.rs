@@ -1,6 +1,6 @@
 //! A dense projection `y = x Wᵀ + b` with an optional LoRA delta.
 
-use crate::lora::LoraLinear;
+use crate::lora::adapter::LoraLinear;
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -32,13 +32,13 @@ impl Linear {
         let (out, inp) = self.out_in();
         let mut shape = x.dims().to_vec();
         let x2 = x.reshape(((), inp))?;
-        let base = || crate::ops::linear(&x2, &self.weight, self.bias.as_ref());
+        let base = || crate::kernels::cpu::ops::linear(&x2, &self.weight, self.bias.as_ref());
         let y = match &self.lora {
             None => base()?,
             // LoRA dropout (training only): the base reads x, the LoRA path dropout(x), so
             // the fused op, which feeds one input to both, does not apply.
             Some(l) if l.dropout.is_some() => (base()? + l.delta(&l.lora_input(&x2)?)?)?,
-            Some(l) => match crate::fused_lora::try_lora_linear(
+            Some(l) => match crate::kernels::cpu::lora_linear::try_lora_linear(
                 &x2,
                 &self.weight,
                 self.bias.as_ref(),

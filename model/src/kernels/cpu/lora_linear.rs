@@ -7,8 +7,8 @@
 //! constants captured by the op (no gradient, as in `ops::linear`) and the backward forms
 //! `dx`, `dA`, `dB` directly with five small GEMMs.
 
-use crate::grouped::gemm_rs;
-use crate::ops::{contiguous_f32, storage_f32};
+use crate::kernels::cpu::grouped::gemm_rs;
+use crate::kernels::cpu::ops::{contiguous_f32, storage_f32};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 type CResult<T> = candle_core::Result<T>;

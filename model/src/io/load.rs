@@ -7,16 +7,16 @@
 //! affine `.biases` — not to be confused with the layer `.bias`). Experts end up in one form:
 //! `[E, 2I, H]` with gate rows first, quantized experts still packed.
 
-use crate::attention::Attention;
-use crate::checkpoint::Checkpoint;
+use crate::arch::attention::Attention;
+use crate::arch::gpt_oss::{Block, GptOss};
+use crate::arch::linear::Linear;
+use crate::arch::moe::Moe;
+use crate::arch::rope::RopeTable;
 use crate::config::Config;
-use crate::experts::ExpertMat;
-use crate::linear::Linear;
-use crate::model::{Block, GptOss};
-use crate::moe::Moe;
-use crate::mxfp4;
-use crate::quant::{self, QuantMode};
-use crate::rope::RopeTable;
+use crate::io::checkpoint::Checkpoint;
+use crate::quant::affine::{self, QuantMode};
+use crate::quant::experts::ExpertMat;
+use crate::quant::mxfp4;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -75,7 +75,7 @@ impl Loader<'_> {
         if !self.ck.contains(&sname) {
             return self.float(&wname, &[out, inp]);
         }
-        let mode = quant::mode_for(self.cfg.mlx_quantization(), path)?;
+        let mode = affine::mode_for(self.cfg.mlx_quantization(), path)?;
         let v = match mode {
             QuantMode::Mxfp4 => {
                 let b = self.u8_bytes(&wname, &[out, inp / 32, 16])?;
@@ -93,7 +93,7 @@ impl Loader<'_> {
                 }
                 let s = self.floats(&sname, &[out, inp / group])?;
                 let b = self.floats(&format!("{path}.biases"), &[out, inp / group])?;
-                quant::affine_dequantize(w, &s, &b, out, bits, group)
+                affine::affine_dequantize(w, &s, &b, out, bits, group)
                     .with_context(|| format!("dequantizing {path}"))?
             }
         };
@@ -110,7 +110,7 @@ impl Loader<'_> {
                 info.shape
             );
         }
-        quant::floats_from_bytes(bytes, info.dtype).with_context(|| format!("tensor {name}"))
+        affine::floats_from_bytes(bytes, info.dtype).with_context(|| format!("tensor {name}"))
     }
 
     fn linear(&self, path: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
@@ -130,7 +130,7 @@ impl Loader<'_> {
         if !self.ck.contains(&sname) {
             return Ok(ExpertMat::Dense(self.float(&wname, &[e, out, inp])?));
         }
-        match quant::mode_for(self.cfg.mlx_quantization(), path)? {
+        match affine::mode_for(self.cfg.mlx_quantization(), path)? {
             QuantMode::Mxfp4 => Ok(ExpertMat::Mxfp4 {
                 blocks: self.u8_bytes(&wname, &[e, out, inp / 32, 16])?,
                 scales: self.u8_bytes(&sname, &[e, out, inp / 32])?,

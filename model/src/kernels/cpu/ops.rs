@@ -10,7 +10,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-pub use crate::vecmath::{fast_exp, max_f32, simd, sum_f32};
+pub use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 
 type CResult<T> = candle_core::Result<T>;
 

@@ -2,7 +2,7 @@
 //! checkpoint had. Quantized experts stay packed; `expert(e)` dequantizes one expert's
 //! matrix when it is used, so a model is never expanded to a dense copy.
 
-use crate::mxfp4;
+use crate::quant::mxfp4;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -64,7 +64,7 @@ impl ExpertMat {
                 let wb = w.get(e)?.flatten_all()?.to_vec1::<u8>()?;
                 let s = scales.get(e)?.flatten_all()?.to_vec1::<f32>()?;
                 let b = biases.get(e)?.flatten_all()?.to_vec1::<f32>()?;
-                let v = crate::quant::affine_dequantize(&wb, &s, &b, out, *bits, *group)?;
+                let v = crate::quant::affine::affine_dequantize(&wb, &s, &b, out, *bits, *group)?;
                 Ok(Tensor::from_vec(v, (out, inp), &Device::Cpu)?
                     .to_dtype(dtype)?
                     .to_device(dev)?)

@@ -1,10 +1,10 @@
 //! gpt-oss attention (spec §1.4): biased q/k/v/o, GQA, half-split YaRN RoPE, learned sinks,
 //! causal mask with an optional sliding window of W keys including the query itself.
 
-use crate::fused_attention::try_fused_attention;
-use crate::linear::Linear;
-use crate::masked_softmax::{masked_sink_softmax, CausalMask};
-use crate::ops;
+use crate::arch::linear::Linear;
+use crate::kernels::cpu::attention::try_fused_attention;
+use crate::kernels::cpu::masked_softmax::{masked_sink_softmax, CausalMask};
+use crate::kernels::cpu::ops;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 

@@ -9,8 +9,8 @@
 //! nothing to f32 accumulation. Block losses are added in block order: the result does not
 //! depend on the thread count or scheduling (exact `--resume` relies on that).
 
-use crate::grouped::gemm_ld;
-use crate::ops::{fast_exp, max_f32, simd, storage_f32, sum_f32};
+use crate::kernels::cpu::grouped::gemm_ld;
+use crate::kernels::cpu::ops::{fast_exp, max_f32, simd, storage_f32, sum_f32};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;

@@ -13,10 +13,10 @@
 //! the backward walks the same segment in reverse; only the pre-activation and the expert
 //! outputs are kept for the backward (the activation and the gathered rows are recomputed).
 
-use crate::experts::ExpertMat;
-use crate::grouped::{for_segments, segment_experts, segment_rows, Segments};
-use crate::grouped_fused::{LoraPart, Proj};
-use crate::ops::{contiguous_f32, simd, storage_f32, swiglu_row, swiglu_row_grad};
+use crate::kernels::cpu::expert_proj::{LoraPart, Proj};
+use crate::kernels::cpu::grouped::{for_segments, segment_experts, segment_rows, Segments};
+use crate::kernels::cpu::ops::{contiguous_f32, simd, storage_f32, swiglu_row, swiglu_row_grad};
+use crate::quant::experts::ExpertMat;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;

@@ -10,14 +10,14 @@
 //! differentiable, so gradients reach router and expert LoRA weights; the routing indices
 //! themselves carry no gradient.
 
-use crate::combine::{combine, dispatch, slot_rows};
-use crate::experts::ExpertMat;
-use crate::grouped::{GroupedLinear, GroupedLora, Segments};
-use crate::grouped_fused::LoraPart;
-use crate::linear::Linear;
-use crate::lora::SwitchLora;
-use crate::moe_fused::{MoeExperts, ProjSpec};
-use crate::ops;
+use crate::arch::linear::Linear;
+use crate::kernels::cpu::expert_proj::LoraPart;
+use crate::kernels::cpu::grouped::{GroupedLinear, GroupedLora, Segments};
+use crate::kernels::cpu::moe_experts::{MoeExperts, ProjSpec};
+use crate::kernels::cpu::ops;
+use crate::kernels::cpu::routing::{combine, dispatch, slot_rows};
+use crate::lora::adapter::SwitchLora;
+use crate::quant::experts::ExpertMat;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 

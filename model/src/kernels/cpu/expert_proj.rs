@@ -8,8 +8,8 @@
 //! runs a segment's gate/up, SwiGLU and down back to back through these kernels. Base weights
 //! are constants (no gradient); quantized experts are dequantized per call.
 
-use crate::experts::ExpertMat;
-use crate::grouped::{gemm_ld, gemm_rs, with_expert};
+use crate::kernels::cpu::grouped::{gemm_ld, gemm_rs, with_expert};
+use crate::quant::experts::ExpertMat;
 
 type CResult<T> = candle_core::Result<T>;
 

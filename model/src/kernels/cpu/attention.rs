@@ -17,9 +17,9 @@
 //! the backward, whose key/value gradients collect from every block; the matmuls inside a
 //! task run single-threaded.
 
-use crate::grouped::gemm_ld;
-use crate::masked_softmax::CausalMask;
-use crate::ops::{contiguous_f32, fast_exp, max_f32, simd, storage_f32, sum_f32};
+use crate::kernels::cpu::grouped::gemm_ld;
+use crate::kernels::cpu::masked_softmax::CausalMask;
+use crate::kernels::cpu::ops::{contiguous_f32, fast_exp, max_f32, simd, storage_f32, sum_f32};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;

@@ -9,8 +9,8 @@
 //! sequence from position 0. That is quadratic and only there to check the cache: both paths
 //! must give the same logits and so the same greedy tokens.
 
-use crate::model::{Cache, GptOss};
-use crate::sampling::{last_row, Sampler};
+use crate::arch::gpt_oss::{Cache, GptOss};
+use crate::generate::sampling::{last_row, Sampler};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use std::time::Instant;
@@ -216,8 +216,8 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::SamplingParams;
-    use crate::tiny::{write_tiny, ExpertFormat, Preset};
+    use crate::generate::sampling::SamplingParams;
+    use crate::io::tiny::{write_tiny, ExpertFormat, Preset};
     use candle_core::{DType, Device};
 
     fn tiny_model(tag: &str) -> (std::path::PathBuf, GptOss) {
@@ -244,11 +244,11 @@ mod tests {
         let (a, b) = (cached.feed(&p).unwrap(), full.feed(&p).unwrap());
         let mut worst = max_abs_diff(&a, &b);
         // Greedy steps well past the sliding window, both paths fed the same token.
-        let mut next = crate::sampling::argmax(&a).unwrap();
+        let mut next = crate::generate::sampling::argmax(&a).unwrap();
         for _ in 0..(window + 10) {
             let (a, b) = (cached.feed(&[next]).unwrap(), full.feed(&[next]).unwrap());
             worst = worst.max(max_abs_diff(&a, &b));
-            next = crate::sampling::argmax(&a).unwrap();
+            next = crate::generate::sampling::argmax(&a).unwrap();
         }
         assert_eq!(cached.position(), p.len() + window + 10);
         assert!(

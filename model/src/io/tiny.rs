@@ -8,7 +8,7 @@
 //! code path carries signal. Experts are written MXFP4-packed (`*_blocks`/`*_scales`) or
 //! dense (`gate_up_proj [E, H, 2I]` interleaved, `down_proj [E, I, H]`).
 
-use crate::mxfp4;
+use crate::quant::mxfp4;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;

@@ -9,7 +9,7 @@
 //! `dropout` is LoRA dropout (see `dropout.rs`): `None` except inside training micro-steps,
 //! where `GptOss::set_lora_dropout` sets it and the LoRA path then reads `lora_input(x)`.
 
-use crate::dropout::LoraDropout;
+use crate::lora::dropout::LoraDropout;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 

@@ -12,7 +12,7 @@
 //! pass each way, parallel over tokens (every token has exactly k rows, so no two threads
 //! write the same output row).
 
-use crate::ops::{contiguous_f32, storage_f32};
+use crate::kernels::cpu::ops::{contiguous_f32, storage_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 

@@ -1,0 +1,3 @@
+//! Fused ops for the hot path.
+
+pub mod cpu;

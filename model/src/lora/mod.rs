@@ -1,0 +1,8 @@
+//! LoRA: which projections can be adapted ([`targets`]), the factors attached to them
+//! ([`adapter`]) and training-time dropout on their input ([`dropout`]).
+
+pub mod adapter;
+pub mod dropout;
+
+pub use adapter::{LoraAdapter, LoraLinear, LoraTarget, SwitchLora};
+pub use dropout::LoraDropout;
