@@ -7,8 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use osstune_eval::grade::Response;
 use osstune_harmony::tokenizer::{CALL, RETURN};
 use osstune_harmony::{Message, Role};
-use osstune_model::generation::{generate, GenerateOptions, StopReason};
-use osstune_model::sampling::{Sampler, SamplingParams};
+use osstune_model::generate::generation::{generate, GenerateOptions, StopReason};
+use osstune_model::generate::sampling::{Sampler, SamplingParams};
 
 pub struct TurnOut {
     pub response: Response,
