@@ -290,5 +290,5 @@ pub fn compare_sessions(a: &Path, b: &Path) -> Result<String> {
     for ((k, va), (_, vb)) in rate_rows(&ra).iter().zip(rate_rows(&rb).iter()) {
         s += &format!("  {k:<27} {va:<18} {vb:<18}\n");
     }
-    Ok(s)
+    Ok(s.lines().map(|l| format!("{}\n", l.trim_end())).collect())
 }
