@@ -185,24 +185,25 @@ pub fn compare(a: &Path, b: &Path) -> Result<String> {
         }
     }
     let w = ids.iter().map(|i| i.len()).max().unwrap_or(4).max(4);
+    // One run's columns: verdict, KW%, time, tok/s (CELL characters wide).
+    const CELL: usize = 29;
     let cell = |r: &StoredRun, id: &str| match r.tasks.iter().find(|t| t.id == id) {
         Some(t) => format!(
-            "{:<4} {:>4.0}% {:>7.1}s {:>6.1}",
+            "{:<7} {:>4.0}% {:>7.1}s {:>6.1}",
             if t.pass { "PASS" } else { "FAIL" },
             t.keyword_coverage * 100.0,
             t.seconds,
             t.tokens_per_s
         ),
-        None => format!("{:<25}", "-"),
+        None => format!("{:<CELL$}", "-"),
     };
+    let head = format!("{:<7} {:>5} {:>8} {:>6}", "verdict", "KW%", "time", "tok/s");
     let mut s = format!(
-        "{:<w$}  {:<25}  {:<25}\n{:<w$}  {:<25}  {:<25}\n",
+        "{:<w$}  {:<CELL$}  {:<CELL$}\n{:<w$}  {head}  {head}\n",
         "",
-        clip(&a.display().to_string(), 25),
-        clip(&b.display().to_string(), 25),
+        clip(&a.display().to_string(), CELL),
+        clip(&b.display().to_string(), CELL),
         "task",
-        "verdict  KW%    time  tok/s",
-        "verdict  KW%    time  tok/s"
     );
     for id in &ids {
         let _ = writeln!(s, "{id:<w$}  {}  {}", cell(&ra, id), cell(&rb, id));
@@ -216,8 +217,8 @@ pub fn compare(a: &Path, b: &Path) -> Result<String> {
             r.tasks.iter().map(|t| t.keyword_coverage).sum::<f64>() * 100.0 / n
         )
     };
-    let _ = writeln!(s, "{:<w$}  {:<25}  {:<25}", "total", total(&ra), total(&rb));
-    Ok(s)
+    let _ = writeln!(s, "{:<w$}  {:<CELL$}  {}", "total", total(&ra), total(&rb));
+    Ok(s.lines().map(|l| format!("{}\n", l.trim_end())).collect())
 }
 
 fn clip(s: &str, n: usize) -> String {
