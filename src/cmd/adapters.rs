@@ -1,5 +1,6 @@
 //! `osstune adapters export|import`: osstune adapters ↔ PEFT / mlx-lm files.
 
+use super::out_guard::check_output;
 use anyhow::{Context, Result};
 use osstune_train::export::{self, Format};
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ pub enum AdaptersCommand {
         format: Format,
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it exists (same-named files are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Read a PEFT or mlx-lm adapter back into osstune's format for a base model.
     Import {
@@ -30,6 +34,9 @@ pub enum AdaptersCommand {
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it exists (same-named files are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Write the logits of base + adapter for a token sequence (f32 safetensors, tensor
     /// "logits" [T, V]), for checking exports against other frameworks.
@@ -53,7 +60,9 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             adapter,
             format,
             out,
+            overwrite,
         } => {
+            check_output(&out, &[("--adapter", &adapter)], overwrite)?;
             export::export(&adapter, &out, format)?;
             eprintln!("wrote {} adapter to {}", fmt_name(format), out.display());
         }
@@ -62,7 +71,9 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             format,
             model,
             out,
+            overwrite,
         } => {
+            check_output(&out, &[("--from", &from), ("--model", &model)], overwrite)?;
             let cfg = osstune_model::Config::from_model_dir(&model)
                 .with_context(|| format!("reading base model {}", model.display()))?;
             let base = osstune_train::adapters::BaseModelInfo {

@@ -188,6 +188,7 @@ fn summary(
                 tokens += t;
             }
             Record::Valid { loss, .. } => valid.push(*loss),
+            Record::Resume { .. } => {}
         }
     }
     println!(

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod generate;
 pub mod init_tiny;
 pub mod merge;
+pub mod out_guard;
 pub mod train;
