@@ -37,14 +37,6 @@ pub fn within_tolerance(max_diff: f32, tol: f32) -> bool {
     max_diff <= tol && tol.is_finite()
 }
 
-/// The model's context length: `max_position_embeddings`, else the YaRN-extended length.
-pub fn context_len(cfg: &Config) -> usize {
-    cfg.max_position_embeddings.unwrap_or_else(|| {
-        let r = cfg.rope();
-        (r.original_max_position_embeddings as f64 * r.factor.max(1.0)) as usize
-    })
-}
-
 /// Bytes a probe of 2 × `len` tokens needs beyond the weights (f32): three logits tensors
 /// and their difference, the residual stream and per-layer projections, and, where the
 /// attention is not fused, [Hq, T, T] scores and probabilities.
@@ -63,7 +55,7 @@ pub fn check_probe_len(cfg: &Config, len: usize) -> Result<()> {
     if len == 0 {
         bail!("--probe-len must be ≥ 1 token (the probe is 2 sequences of that length)");
     }
-    let ctx = context_len(cfg);
+    let ctx = cfg.context_len();
     if len > ctx {
         bail!("--probe-len {len} exceeds the model's context of {ctx} tokens");
     }
@@ -71,7 +63,8 @@ pub fn check_probe_len(cfg: &Config, len: usize) -> Result<()> {
     if let Some(avail) = osstune_train::preflight::mem_available() {
         if need > avail as u128 {
             bail!(
-                "--probe-len {len} needs about {:.2} GiB for the probe's logits and                  activations, more than the {:.2} GiB available; use a shorter probe",
+                "--probe-len {len} needs about {:.2} GiB for the probe's logits and \
+                 activations, more than the {:.2} GiB available; use a shorter probe",
                 need as f64 / (1u64 << 30) as f64,
                 avail as f64 / (1u64 << 30) as f64
             );

@@ -29,6 +29,7 @@ pub mod quant;
 pub mod rope;
 pub mod sampling;
 pub mod tiny;
+mod validate;
 pub mod vecmath;
 
 pub use config::Config;

@@ -8,5 +8,6 @@
 mod common;
 
 mod adapters;
+mod generate;
 mod merge;
 mod train;
