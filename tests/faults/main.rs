@@ -10,4 +10,5 @@ mod common;
 mod adapters;
 mod generate;
 mod merge;
+mod readme;
 mod train;
