@@ -8,14 +8,19 @@ use osstune_train::config::TrainConfig;
 /// backticked word of each comma-separated entry (values in parentheses are not keys).
 fn readme_keys() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = text.find("| section | keys |").expect("README config table");
+    let start = text
+        .find("| section | keys |")
+        .expect("README config table");
     let mut out = Vec::new();
     for line in text[start..].lines().skip(2) {
         let cols: Vec<&str> = line.split('|').map(str::trim).collect();
         if cols.len() < 4 {
             break;
         }
-        let section = cols[1].trim_matches('`').trim_matches(['[', ']']).to_string();
+        let section = cols[1]
+            .trim_matches('`')
+            .trim_matches(['[', ']'])
+            .to_string();
         for entry in cols[2].split(", ") {
             let Some(rest) = entry.strip_prefix('`') else {
                 continue;
