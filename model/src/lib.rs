@@ -28,6 +28,7 @@ pub mod ops;
 pub mod quant;
 pub mod rope;
 pub mod sampling;
+pub mod tensor_bounds;
 pub mod tiny;
 mod validate;
 pub mod vecmath;

@@ -9,6 +9,7 @@ mod common;
 
 mod adapters;
 mod generate;
+mod load;
 mod merge;
 mod readme;
 mod train;
