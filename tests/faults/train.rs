@@ -230,3 +230,19 @@ fn resume_may_change_learning_rates_and_records_it_but_not_the_data() {
         ]));
     assert_eq!(metrics(&out, "train").len(), 4);
 }
+
+#[test]
+fn samples_longer_than_the_recipe_are_refused_with_the_convert_command() {
+    let tmp = Scratch::new("too-long");
+    let (data, out) = (tmp.join("data"), tmp.join("out"));
+    write_data(&data, 4); // 16-token samples, trained tail
+    let err = fails(train(&data, &out, 1).args(["--set", "data.max_seq_len=12"]));
+    let file = data.join("train.jsonl").display().to_string();
+    assert!(
+        err.contains(&file)
+            && err.contains("4 samples are longer than data.max_seq_len = 12")
+            && err.contains("longest: 16 tokens")
+            && err.contains("--max-seq-len 12"),
+        "{err}"
+    );
+}

@@ -67,7 +67,8 @@ impl Default for ModelSection {
 pub struct DataSection {
     /// Folder holding `train.jsonl` and `valid.jsonl` (written by `osstune data convert`).
     pub path: Option<PathBuf>,
-    /// Samples longer than this are truncated (their tail is dropped).
+    /// Longest sample in tokens; a data folder with longer samples is refused (convert it
+    /// with `osstune data convert --max-seq-len` of the same value).
     pub max_seq_len: usize,
 }
 

@@ -3,7 +3,7 @@
 //! 12.8 GB load should not come before "no trainable sample").
 //!
 //! - the data: both files parsed against the model's vocabulary; an empty training set names
-//!   the file;
+//!   the file; samples longer than `data.max_seq_len` are refused (see `refuse_cut_samples`);
 //! - the LoRA shape: `lora.layers` within the model, `lora.rank` bounded by the projections;
 //! - memory: `--plan`'s prediction against the memory available now (CPU runs).
 
@@ -30,22 +30,19 @@ pub fn load_data(cfg: &TrainConfig, data_dir: &Path, vocab: usize) -> Result<Tra
     let max_len = cfg.data.max_seq_len;
     let train_path = data_dir.join("train.jsonl");
     let (train, train_stats) = read_samples(&train_path, max_len, vocab)?;
+    refuse_cut_samples(&train_path, &train_stats, max_len, data_dir)?;
     if train.is_empty() {
         bail!(
-            "{}: no trainable sample ({} without trained tokens after fitting to \
-             data.max_seq_len {max_len}); nothing to train on",
+            "{}: no trainable sample ({} without trained tokens); nothing to train on",
             train_path.display(),
             train_stats.dropped_untrained
         );
     }
-    if train_stats.truncated > 0 || train_stats.dropped_untrained > 0 {
+    if train_stats.dropped_untrained > 0 {
         eprintln!(
-            "{}: {} samples ({} cut to {max_len} tokens from the end, {} without trained \
-             tokens skipped; convert with --max-seq-len {max_len} to fit them on the trained \
-             turn instead)",
+            "{}: {} samples, {} without trained tokens skipped",
             train_path.display(),
             train_stats.kept,
-            train_stats.truncated,
             train_stats.dropped_untrained
         );
     }
@@ -57,7 +54,9 @@ pub fn load_data(cfg: &TrainConfig, data_dir: &Path, vocab: usize) -> Result<Tra
             eprintln!("{}: not found, no validation", valid_path.display())
         }
         limit => {
-            valid = read_samples(&valid_path, max_len, vocab)?.0;
+            let (v, st) = read_samples(&valid_path, max_len, vocab)?;
+            refuse_cut_samples(&valid_path, &st, max_len, data_dir)?;
+            valid = v;
             if let Some(n) = limit {
                 valid.truncate(n);
             }
@@ -69,6 +68,27 @@ pub fn load_data(cfg: &TrainConfig, data_dir: &Path, vocab: usize) -> Result<Tra
         valid,
         fingerprint: data_fingerprint(data_dir)?,
     })
+}
+
+/// Samples longer than `data.max_seq_len` mean the folder was converted for a longer
+/// context. Cutting them here could only drop their end — the trained turn — so the folder is
+/// refused with the command that fits them properly (the converter keeps the target turn,
+/// shortens tool outputs, then drops the oldest context).
+fn refuse_cut_samples(file: &Path, st: &ReadStats, max_len: usize, data_dir: &Path) -> Result<()> {
+    if st.truncated == 0 {
+        return Ok(());
+    }
+    bail!(
+        "{}: {} samples are longer than data.max_seq_len = {max_len} (longest: {} tokens); \
+         cutting them would drop their trained final turn. Re-convert the sessions for this \
+         length: `osstune data convert SESSIONS… --max-seq-len {max_len} --out {}`, or raise \
+         data.max_seq_len to {}",
+        file.display(),
+        st.truncated,
+        st.longest,
+        data_dir.display(),
+        st.longest
+    )
 }
 
 /// sha256 over (name, size, bytes) of train.jsonl and valid.jsonl (a missing file counts as
