@@ -157,8 +157,24 @@ impl Adapter {
                 let got = &self.tensors.info(n)?.shape;
                 if *got != want {
                     bail!(
-                        "{}: {n} has shape {got:?}, the base needs {want:?} (rank {r}): \
-                         this adapter was made for another model",
+                        "{}: {}",
+                        self.file.display(),
+                        shape_mismatch(n, got, &want, r)
+                    );
+                }
+            }
+        }
+        self.check_finite()
+    }
+
+    /// Every adapter value must be finite: a NaN would poison every merged weight it touches.
+    pub fn check_finite(&self) -> Result<()> {
+        for &(l, t) in &self.present {
+            let (na, nb) = names(l, t);
+            for n in [&na, &nb] {
+                if let Some(i) = self.tensors.f32(n)?.iter().position(|v| !v.is_finite()) {
+                    bail!(
+                        "{}: tensor {n} holds a non-finite value (element {i})",
                         self.file.display()
                     );
                 }
@@ -214,6 +230,25 @@ impl Adapter {
 fn names(layer: usize, t: Target) -> (String, String) {
     let m = t.path(layer);
     (format!("{m}.lora_a"), format!("{m}.lora_b"))
+}
+
+/// Why a factor's shape is not the one the base needs: the rank (when only the rank axis
+/// differs, the adapter's config and tensors disagree) or the model.
+fn shape_mismatch(name: &str, got: &[usize], want: &[usize], r: usize) -> String {
+    // A is [(E,) r, in] and B is [(E,) out, r]: the rank axis is the one that differs.
+    let differing: Vec<usize> = (0..want.len().min(got.len()))
+        .filter(|&i| got[i] != want[i])
+        .collect();
+    if got.len() == want.len() && differing.len() == 1 && want[differing[0]] == r {
+        format!(
+            "{name} has rank {} but adapter_config.json says rank {r}: the config and the              tensors disagree",
+            got[differing[0]]
+        )
+    } else {
+        format!(
+            "{name} has shape {got:?}, the base needs {want:?} (rank {r}): this adapter was              made for another model"
+        )
+    }
 }
 
 /// `{target path}.lora_{a,b}` → (layer, target, is_a); model-level targets have layer 0.

@@ -132,6 +132,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        crate::validate::check_fields(self)?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads.max(1))

@@ -76,6 +76,10 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(&config, TINY_CONFIG)
         .with_context(|| format!("cannot write {}", config.display()))?;
     let total = Instant::now();
+    let max_seq_len = osstune_train::config::TrainConfig::load(Some(&config), &[])?
+        .data
+        .max_seq_len
+        .to_string();
 
     let args = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (base_s, data_s, adapters_s, merged_s) = (s(&base), s(&data), s(&adapters), s(&merged));
@@ -106,6 +110,10 @@ pub fn run(a: Args) -> Result<()> {
             "42",
             "--valid-fraction",
             "0.1",
+            // Fit the samples to the recipe's length here, where the target turn is kept
+            // (training refuses longer samples rather than cut their end).
+            "--max-seq-len",
+            &max_seq_len,
         ]),
     )?;
     let mut train = args(&[
@@ -235,6 +243,7 @@ fn summary(
                 tokens += t;
             }
             Record::Valid { loss, .. } => valid.push(*loss),
+            Record::Resume { .. } => {}
         }
     }
     println!(

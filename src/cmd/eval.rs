@@ -76,6 +76,7 @@ impl EvalModelArgs {
             hide_analysis: false,
             json: true,
             no_kv_cache: false,
+            max_context: None,
         })
     }
 }

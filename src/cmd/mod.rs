@@ -7,4 +7,5 @@ pub mod eval;
 pub mod generate;
 pub mod init_tiny;
 pub mod merge;
+pub mod out_guard;
 pub mod train;

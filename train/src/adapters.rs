@@ -201,6 +201,7 @@ impl Adapters {
         let mut tensors = read_safetensors(&path, device)?;
         let mut pairs = Vec::new();
         let n_layers = base.num_hidden_layers;
+        crate::adapter_checks::check_layers(&config.layers, n_layers, &dir.join(CONFIG_FILE))?;
         let shapes = select_targets(all, &config.targets, 0, n_layers)?
             .into_iter()
             .filter(|s| !s.target.per_layer() || config.layers.contains(&s.layer));
@@ -211,13 +212,7 @@ impl Adapters {
                 let t = tensors
                     .remove(&name)
                     .with_context(|| format!("{}: missing tensor {name}", path.display()))?;
-                if t.dims() != want {
-                    bail!(
-                        "{}: tensor {name} has shape {:?}, expected {want:?}",
-                        path.display(),
-                        t.dims()
-                    );
-                }
+                crate::adapter_checks::check_factor(&path, &name, &t, want, config.rank)?;
                 Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?)
             };
             let a = take("lora_a", &a_shape)?;

@@ -105,6 +105,7 @@ pub fn run(a: SessionsArgs) -> Result<()> {
         hide_analysis: false,
         json: true,
         no_kv_cache: false,
+        max_context: None,
     })?;
     let tf = teacher_forced(&session, &a)?;
     println!(
