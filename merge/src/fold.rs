@@ -205,7 +205,7 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
         ("hidden_size", b.hidden_size),
         ("num_local_experts", b.num_local_experts),
     ] {
-        if let (Some(want), Some(got)) = (want, get(key)) {
+        if let Some(got) = get(key) {
             if want != got {
                 bail!(
                     "{}: adapter was made for a base with {key} = {want}, {} has {got}",
@@ -215,8 +215,8 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
             }
         }
     }
-    if let (Some(want), Some(got)) = (
-        b.model_type.as_deref(),
+    if let (want, Some(got)) = (
+        b.model_type.as_str(),
         base.config.get("model_type").and_then(|v| v.as_str()),
     ) {
         if want != got {

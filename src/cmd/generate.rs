@@ -353,12 +353,10 @@ pub fn device(d: DeviceArg) -> Result<Device> {
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.
 fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) -> Result<()> {
-    use osstune_train::{adapters::Adapters, trainer};
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
-    let shapes = trainer::target_shapes(model);
-    let ad = Adapters::load(dir, &shapes, &trainer::base_info(model), device)
+    osstune_model::lora::file::attach_dir(model, dir, device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
-    trainer::attach(model, &ad).with_context(|| format!("attaching adapter {}", dir.display()))
+    Ok(())
 }

@@ -34,14 +34,7 @@ use std::time::Instant;
 pub use osstune_model::device::{parse_device, parse_dtype};
 
 pub fn base_info(model: &GptOss) -> BaseModelInfo {
-    let c = &model.cfg;
-    BaseModelInfo {
-        model_type: c.model_type.clone(),
-        fingerprint: c.fingerprint(),
-        num_hidden_layers: c.num_hidden_layers,
-        hidden_size: c.hidden_size,
-        num_local_experts: c.num_local_experts,
-    }
+    BaseModelInfo::of(model)
 }
 
 /// Every adaptable projection of `model` as a [`TargetShape`].
