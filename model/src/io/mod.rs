@@ -4,5 +4,6 @@
 pub mod checkpoint;
 pub mod layout;
 pub mod load;
+pub mod real_shape;
 pub mod tensor_bounds;
 pub mod tiny;
