@@ -99,14 +99,23 @@ impl Events {
 }
 
 /// Sends one request; `body` is sent as JSON when given.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Response> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {
-        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
@@ -143,6 +152,17 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 }
 
 /// POSTs a JSON value.
-pub fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Result<Response> {
-    request(addr, "POST", path, headers, Some(body.to_string().as_bytes()))
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> Result<Response> {
+    request(
+        addr,
+        "POST",
+        path,
+        headers,
+        Some(body.to_string().as_bytes()),
+    )
 }

@@ -38,7 +38,9 @@ impl Permit {
     /// Takes a slot if fewer than `limit` are taken.
     pub fn try_take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
         count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .ok()
             .map(|_| Self(count.clone()))
     }
@@ -67,7 +69,9 @@ pub struct Job {
 #[derive(Debug)]
 pub enum Event {
     /// The request left the queue; `cached` prompt tokens came from the prefix cache.
-    Started { cached: usize },
+    Started {
+        cached: usize,
+    },
     Delta(Delta),
     Done(Box<Done>),
     Failed(String),
@@ -215,7 +219,9 @@ fn worker(
         }
         stats.active.store(active.len(), Ordering::SeqCst);
         stats.cache_entries.store(prefix.len(), Ordering::SeqCst);
-        stats.cache_bytes.store(prefix.used_bytes(), Ordering::SeqCst);
+        stats
+            .cache_bytes
+            .store(prefix.used_bytes(), Ordering::SeqCst);
     }
 }
 
@@ -238,7 +244,12 @@ fn admit<'t>(
         Some(r) => (r.cache, r.reused, r.checkpoints),
         None => (Cache::new(model.config()), 0, Vec::new()),
     };
-    let mut out = OutputParser::new(tok, job.tools.clone(), job.stop.clone(), job.call_prefix.clone());
+    let mut out = OutputParser::new(
+        tok,
+        job.tools.clone(),
+        job.stop.clone(),
+        job.call_prefix.clone(),
+    );
     let mut answer = Answer::default();
     let _ = job.events.send(Event::Started { cached });
     for d in out.prime(&job.prompt[job.prompt.len() - job.primed..]) {
@@ -285,7 +296,10 @@ fn step(model: &GptOss, a: &mut Active, prefix: &PrefixCache) -> Result<Step> {
     let pos = a.fed.len();
     let prompt_end = pos == a.job.prompt.len();
     let window = prefix.min_window();
-    if prefix.enabled() && prefix.has_sliding_layers() && (prompt_end || window.is_some_and(|w| pos % w == 0)) {
+    if prefix.enabled()
+        && prefix.has_sliding_layers()
+        && (prompt_end || window.is_some_and(|w| pos % w == 0))
+    {
         a.checkpoints.push(prefix.checkpoint(&a.cache, pos));
     }
     let token = a.sampler.sample_row(&last_row(&logits)?)?;

@@ -39,7 +39,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: EngineHandle, tok: Arc<Tokenizer>, cfg: ServeConfig, context_len: usize) -> Self {
+    pub fn new(
+        engine: EngineHandle,
+        tok: Arc<Tokenizer>,
+        cfg: ServeConfig,
+        context_len: usize,
+    ) -> Self {
         Self {
             engine,
             tok,
@@ -75,7 +80,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::with_status(StatusCode::NOT_FOUND, "invalid_request_error", "no such route")
+    ApiError::with_status(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such route",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -156,13 +165,18 @@ async fn chat(State(st): State<Arc<AppState>>, req: Request) -> Result<Response,
             ..ApiError::with_status(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                format!("model: {m:?} is not served here (this server serves {:?})", st.cfg.model_name),
+                format!(
+                    "model: {m:?} is not served here (this server serves {:?})",
+                    st.cfg.model_name
+                ),
             )
         });
     }
     let job = prepare(&st, &chat)?;
     let (job, rx) = job;
-    st.engine.submit(job).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    st.engine
+        .submit(job)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let meta = Meta {
         id: format!("chatcmpl-{:016x}", st.unique()),
         created: SystemTime::now()
@@ -192,20 +206,25 @@ fn prepare(st: &AppState, chat: &ChatRequest) -> Result<(Job, UnboundedReceiver<
     if prompt.len() >= ctx {
         return Err(ApiError::field(
             "messages",
-            format!("the prompt is {} tokens; the model's context is {ctx}", prompt.len()),
+            format!(
+                "the prompt is {} tokens; the model's context is {ctx}",
+                prompt.len()
+            ),
         ));
     }
     let room = ctx - prompt.len();
-    let max_tokens = match chat.max_tokens {
-        Some(n) if n > room => {
-            return Err(ApiError::field(
+    let max_tokens =
+        match chat.max_tokens {
+            Some(n) if n > room => return Err(ApiError::field(
                 "max_tokens",
-                format!("{n} new tokens after a {}-token prompt exceed the model's context of {ctx}", prompt.len()),
-            ))
-        }
-        Some(n) => n,
-        None => st.cfg.default_max_tokens.min(room),
-    };
+                format!(
+                    "{n} new tokens after a {}-token prompt exceed the model's context of {ctx}",
+                    prompt.len()
+                ),
+            )),
+            Some(n) => n,
+            None => st.cfg.default_max_tokens.min(room),
+        };
     let permit = Permit::try_take(&st.in_flight, st.cfg.max_concurrent + st.cfg.max_queue)
         .ok_or_else(|| ApiError::busy(st.cfg.retry_after_secs))?;
     let tools = match chat.tool_choice {

@@ -102,13 +102,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Serves on `listener` until the process ends.
-pub fn run(model: GptOss, tok: Tokenizer, cfg: ServeConfig, listener: std::net::TcpListener) -> Result<()> {
+pub fn run(
+    model: GptOss,
+    tok: Tokenizer,
+    cfg: ServeConfig,
+    listener: std::net::TcpListener,
+) -> Result<()> {
     let app = http::router(state(model, tok, cfg)?);
     runtime()?.block_on(serve_on(listener, app))
 }
 
 /// Starts serving on `listener` in a background thread (tests, benches).
-pub fn spawn(model: GptOss, tok: Tokenizer, cfg: ServeConfig, listener: std::net::TcpListener) -> Result<Running> {
+pub fn spawn(
+    model: GptOss,
+    tok: Tokenizer,
+    cfg: ServeConfig,
+    listener: std::net::TcpListener,
+) -> Result<Running> {
     let addr = listener.local_addr()?;
     let st = state(model, tok, cfg)?;
     let stats = st.engine.stats.clone();

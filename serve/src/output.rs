@@ -75,6 +75,10 @@ pub enum End {
     StopString,
 }
 
+/// A real header is a handful of tokens (`<|channel|>commentary to=functions.x <|constrain|>json`);
+/// past this many, the output is not Harmony and is shown as text rather than held back.
+const MAX_HEADER_TOKENS: usize = 64;
+
 #[derive(Clone, Debug, PartialEq)]
 enum Sink {
     Reasoning,
@@ -105,7 +109,12 @@ pub struct OutputParser<'a> {
 
 impl<'a> OutputParser<'a> {
     /// `tools`: declared function names; `call_prefix`: unique per answer, for call ids.
-    pub fn new(tok: &'a Tokenizer, tools: Vec<String>, stops: Vec<String>, call_prefix: String) -> Self {
+    pub fn new(
+        tok: &'a Tokenizer,
+        tools: Vec<String>,
+        stops: Vec<String>,
+        call_prefix: String,
+    ) -> Self {
         Self {
             tok,
             parser: StreamParser::new(tok, Some(Role::Assistant)),
@@ -147,7 +156,14 @@ impl<'a> OutputParser<'a> {
         if self.sink.is_none() {
             self.header.push(token);
         }
-        match self.parser.process(token) {
+        let result = if self.header.len() > MAX_HEADER_TOKENS {
+            Err(anyhow::anyhow!(
+                "message header longer than {MAX_HEADER_TOKENS} tokens"
+            ))
+        } else {
+            self.parser.process(token)
+        };
+        match result {
             Err(_) => {
                 // Not Harmony: show what the header held, and everything after, as text.
                 self.raw = true;
@@ -182,7 +198,10 @@ impl<'a> OutputParser<'a> {
 
     fn declared(&self, recipient: &str) -> Option<String> {
         let name = recipient.strip_prefix("functions.")?;
-        self.tools.iter().any(|t| t == name).then(|| name.to_string())
+        self.tools
+            .iter()
+            .any(|t| t == name)
+            .then(|| name.to_string())
     }
 
     fn open_message(&mut self, out: &mut Vec<Delta>) {
@@ -294,6 +313,16 @@ impl<'a> OutputParser<'a> {
     /// The last deltas (held-back text) and the finish reason.
     pub fn finish(&mut self, end: End) -> (Vec<Delta>, &'static str) {
         let mut out = Vec::new();
+        if !self.raw && !self.stopped && self.sink.is_none() && !self.header.is_empty() {
+            // The answer ended inside a message header: not Harmony, shown as text.
+            let mut header = std::mem::take(&mut self.header);
+            if matches!(end, End::StopToken(t) if header.last() == Some(&t)) {
+                header.pop();
+            }
+            self.malformed = true;
+            self.raw = true;
+            self.raw_text(&header, &mut out);
+        }
         if !self.raw_bytes.is_empty() {
             let text = String::from_utf8_lossy(&std::mem::take(&mut self.raw_bytes)).into_owned();
             self.held.push_str(&text);
@@ -338,11 +367,207 @@ pub fn settle(mut a: Answer) -> Answer {
         if !a.content.is_empty() {
             a.content.push_str("\n\n");
         }
-        a.content
-            .push_str(&format!("[call to functions.{} with invalid JSON arguments] {}", c.name, c.arguments));
+        a.content.push_str(&format!(
+            "[call to functions.{} with invalid JSON arguments] {}",
+            c.name, c.arguments
+        ));
     }
     if a.finish_reason == "tool_calls" {
         a.finish_reason = "malformed_output";
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use osstune_harmony::{
+        tokenizer::{END, RETURN},
+        Message, RecipientPlacement, Renderer,
+    };
+
+    fn tok() -> Tokenizer {
+        Tokenizer::o200k_harmony().unwrap()
+    }
+
+    /// Tokens the model would write after a prompt ending `<|start|>assistant`.
+    fn canned(tok: &Tokenizer, msgs: &[Message]) -> Vec<u32> {
+        let r = Renderer::new(tok);
+        let mut ids = Vec::new();
+        for m in msgs {
+            r.render_message(m, true, RecipientPlacement::AfterChannel, &mut ids)
+                .unwrap();
+        }
+        let opening = 1 + tok.encode_ordinary("assistant").unwrap().len();
+        ids.drain(..opening);
+        ids
+    }
+
+    /// Runs `ids` through a parser as the engine does; returns the streamed deltas and the
+    /// settled (non-streaming) answer.
+    fn run(tok: &Tokenizer, ids: &[u32], end: End, stops: &[&str]) -> (Vec<Delta>, Answer) {
+        let stops = stops.iter().map(|s| s.to_string()).collect();
+        let mut p = OutputParser::new(
+            tok,
+            vec!["read".into(), "bash".into()],
+            stops,
+            "call_x".into(),
+        );
+        let mut deltas = Vec::new();
+        for &t in ids {
+            deltas.extend(p.push(t));
+            if p.stopped() {
+                break;
+            }
+        }
+        let (tail, reason) = p.finish(end);
+        deltas.extend(tail);
+        let mut a = Answer::default();
+        deltas.iter().for_each(|d| a.apply(d));
+        a.finish_reason = reason;
+        (deltas, settle(a))
+    }
+
+    #[test]
+    fn complete_call_becomes_a_tool_call_with_streamed_arguments() {
+        let tok = tok();
+        let ids = canned(
+            &tok,
+            &[
+                Message::assistant("analysis", "Need the file."),
+                Message::tool_call("read", r#"{"filePath":"/src/main.rs"}"#),
+            ],
+        );
+        assert_eq!(*ids.last().unwrap(), CALL);
+        let (deltas, a) = run(&tok, &ids, End::StopToken(CALL), &[]);
+        assert_eq!(a.reasoning, "Need the file.");
+        assert_eq!(a.content, "");
+        assert_eq!(a.finish_reason, "tool_calls");
+        assert_eq!(
+            a.tool_calls,
+            vec![ParsedCall {
+                id: "call_x_0".into(),
+                name: "read".into(),
+                arguments: r#"{"filePath":"/src/main.rs"}"#.into()
+            }]
+        );
+        let arg_pieces = deltas
+            .iter()
+            .filter(|d| matches!(d, Delta::ToolCallArguments { .. }))
+            .count();
+        assert!(
+            arg_pieces > 1,
+            "arguments should stream in pieces: {deltas:?}"
+        );
+    }
+
+    #[test]
+    fn final_answer_and_preamble_are_content() {
+        let tok = tok();
+        let mut ids = canned(
+            &tok,
+            &[
+                Message::assistant("analysis", "Think."),
+                Message::assistant("commentary", "Looking."),
+                Message::assistant("final", "Done."),
+            ],
+        );
+        *ids.last_mut().unwrap() = RETURN;
+        let (_, a) = run(&tok, &ids, End::StopToken(RETURN), &[]);
+        assert_eq!(a.reasoning, "Think.");
+        assert_eq!(a.content, "Looking.\n\nDone.");
+        assert_eq!(a.finish_reason, "stop");
+        assert!(a.tool_calls.is_empty());
+    }
+
+    #[test]
+    fn truncated_call_comes_back_as_content_with_length() {
+        let tok = tok();
+        let ids = canned(
+            &tok,
+            &[Message::tool_call(
+                "bash",
+                r#"{"command":"cargo test --release"}"#,
+            )],
+        );
+        let cut = &ids[..ids.len() - 4];
+        let (deltas, a) = run(&tok, cut, End::MaxTokens, &[]);
+        assert!(deltas
+            .iter()
+            .any(|d| matches!(d, Delta::ToolCallStart { .. })));
+        assert!(a.tool_calls.is_empty(), "{a:?}");
+        assert!(a.content.contains(r#"{"command":"cargo"#), "{a:?}");
+        assert_eq!(a.finish_reason, "length");
+    }
+
+    #[test]
+    fn invalid_json_arguments_are_content_and_flagged() {
+        let tok = tok();
+        let ids = canned(&tok, &[Message::tool_call("bash", "{command: ls")]);
+        let (_, a) = run(&tok, &ids, End::StopToken(CALL), &[]);
+        assert!(a.tool_calls.is_empty());
+        assert!(a.content.contains("{command: ls"), "{a:?}");
+        assert_eq!(a.finish_reason, "malformed_output");
+    }
+
+    #[test]
+    fn undeclared_recipient_is_content_and_flagged() {
+        let tok = tok();
+        let ids = canned(&tok, &[Message::tool_call("rm_rf", r#"{"path":"/"}"#)]);
+        let (_, a) = run(&tok, &ids, End::StopToken(CALL), &[]);
+        assert!(a.tool_calls.is_empty());
+        assert!(
+            a.content.contains("functions.rm_rf") && a.content.contains(r#"{"path":"/"}"#),
+            "{a:?}"
+        );
+        assert_eq!(a.finish_reason, "malformed_output");
+    }
+
+    #[test]
+    fn text_outside_harmony_is_returned_raw() {
+        let tok = tok();
+        // A message end right away, then plain text where `<|start|>` should be.
+        let mut ids = canned(&tok, &[Message::assistant("final", "ok")]);
+        assert_eq!(*ids.last().unwrap(), END);
+        ids.extend(tok.encode_ordinary(" stray words").unwrap());
+        let (_, a) = run(&tok, &ids, End::MaxTokens, &[]);
+        assert_eq!(a.content, "ok stray words");
+        assert_eq!(a.finish_reason, "malformed_output");
+    }
+
+    #[test]
+    fn output_without_any_header_is_text_and_streams_once_past_the_header_limit() {
+        let tok = tok();
+        let ids = tok
+            .encode_ordinary("just some words, no header at all")
+            .unwrap();
+        let (_, a) = run(&tok, &ids, End::MaxTokens, &[]);
+        assert_eq!(a.content, "just some words, no header at all");
+        assert_eq!(a.finish_reason, "malformed_output");
+        let long = tok.encode_ordinary(&"word ".repeat(100)).unwrap();
+        let mut p = OutputParser::new(&tok, vec![], vec![], "c".into());
+        let early: Vec<Delta> = long[..MAX_HEADER_TOKENS + 2]
+            .iter()
+            .flat_map(|&t| p.push(t))
+            .collect();
+        assert!(
+            matches!(&early[..], [Delta::Content(t), ..] if t.starts_with("word word")),
+            "{early:?}"
+        );
+    }
+
+    #[test]
+    fn stop_strings_cut_the_content() {
+        let tok = tok();
+        let ids = canned(&tok, &[Message::assistant("final", "alpha beta gamma")]);
+        let (deltas, a) = run(&tok, &ids, End::StopString, &["be", "zzz"]);
+        assert_eq!(a.content, "alpha ");
+        assert_eq!(a.finish_reason, "stop");
+        assert!(deltas
+            .iter()
+            .all(|d| !matches!(d, Delta::Content(t) if t.contains('b'))));
+        // A partial match at the end is released when the answer ends.
+        let (_, a) = run(&tok, &ids, End::StopToken(END), &["gammaX"]);
+        assert_eq!(a.content, "alpha beta gamma");
+    }
 }

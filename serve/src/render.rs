@@ -49,7 +49,11 @@ fn assistant_messages(
         out.push(Message::assistant("analysis", r.clone()));
     }
     if let Some(c) = content.as_ref().filter(|c| !c.trim().is_empty()) {
-        let channel = if calls.is_empty() { "final" } else { "commentary" };
+        let channel = if calls.is_empty() {
+            "final"
+        } else {
+            "commentary"
+        };
         out.push(Message::assistant(channel, c.clone()));
     }
     for c in calls {
@@ -100,7 +104,9 @@ pub fn harmony_messages(req: &ChatRequest, defaults: &SystemDefaults) -> Vec<Mes
                 out.push(Message::user(t.clone()));
             }
             ChatMessage::Assistant {
-                content, tool_calls, ..
+                content,
+                tool_calls,
+                ..
             } => {
                 final_of_turn = content
                     .as_ref()
@@ -154,9 +160,9 @@ pub fn prompt_ids(
     };
     // The header of a rendered call, minus its `<|start|>assistant` and its (empty) body
     // and `<|call|>`: the renderer stays the one source of the token form.
-    let with_tools = messages.iter().any(|m| {
-        matches!(&m.content, osstune_harmony::Content::Developer(d) if !d.tools.is_empty())
-    });
+    let with_tools = messages.iter().any(
+        |m| matches!(&m.content, osstune_harmony::Content::Developer(d) if !d.tools.is_empty()),
+    );
     let mut call = Vec::new();
     renderer.render_message(
         &Message::tool_call(name, ""),

@@ -98,7 +98,10 @@ fn opt_str(obj: &Map<String, Value>, key: &str, param: &str) -> R<Option<String>
 fn opt_f64(obj: &Map<String, Value>, key: &str) -> R<Option<f64>> {
     match opt(obj, key) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong(key, "a number", v)),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| wrong(key, "a number", v)),
     }
 }
 
@@ -139,7 +142,9 @@ fn content_text(v: Option<&Value>, param: &str) -> R<Option<String>> {
                     Some(other) => {
                         return Err(ApiError::field(
                             format!("{pp}.type"),
-                            format!("content parts of type {other:?} are not supported (text only)"),
+                            format!(
+                                "content parts of type {other:?} are not supported (text only)"
+                            ),
                         ))
                     }
                     None => return Err(ApiError::field(format!("{pp}.type"), "missing")),
@@ -198,9 +203,8 @@ fn messages(v: Option<&Value>) -> R<Vec<ChatMessage>> {
         let role = opt_str(o, "role", &format!("{p}.role"))?
             .ok_or_else(|| ApiError::field(format!("{p}.role"), "missing"))?;
         let content = || content_text(o.get("content"), &format!("{p}.content"));
-        let required = |c: Option<String>| {
-            c.ok_or_else(|| ApiError::field(format!("{p}.content"), "missing"))
-        };
+        let required =
+            |c: Option<String>| c.ok_or_else(|| ApiError::field(format!("{p}.content"), "missing"));
         out.push(match role.as_str() {
             "system" => ChatMessage::System(required(content()?)?),
             "developer" => ChatMessage::Developer(required(content()?)?),
@@ -210,7 +214,8 @@ fn messages(v: Option<&Value>) -> R<Vec<ChatMessage>> {
                 for c in &tool_calls {
                     calls.insert(c.id.clone(), c.name.clone());
                 }
-                let mut reasoning = opt_str(o, "reasoning_content", &format!("{p}.reasoning_content"))?;
+                let mut reasoning =
+                    opt_str(o, "reasoning_content", &format!("{p}.reasoning_content"))?;
                 if reasoning.is_none() {
                     reasoning = opt_str(o, "reasoning", &format!("{p}.reasoning"))?;
                 }
@@ -225,7 +230,10 @@ fn messages(v: Option<&Value>) -> R<Vec<ChatMessage>> {
                 let id = opt_str(o, "tool_call_id", &pid)?
                     .ok_or_else(|| ApiError::field(&pid, "missing"))?;
                 let name = calls.get(&id).cloned().ok_or_else(|| {
-                    ApiError::field(&pid, format!("no earlier assistant tool call has id {id:?}"))
+                    ApiError::field(
+                        &pid,
+                        format!("no earlier assistant tool call has id {id:?}"),
+                    )
                 })?;
                 ChatMessage::Tool {
                     name,
@@ -255,7 +263,12 @@ fn tools(v: Option<&Value>) -> R<Vec<ToolDescription>> {
             let o = t.as_object().ok_or_else(|| wrong(&p, "an object", t))?;
             match o.get("type").and_then(Value::as_str) {
                 Some("function") => {}
-                _ => return Err(ApiError::field(format!("{p}.type"), "only \"function\" tools are supported")),
+                _ => {
+                    return Err(ApiError::field(
+                        format!("{p}.type"),
+                        "only \"function\" tools are supported",
+                    ))
+                }
             }
             let f = opt(o, "function")
                 .ok_or_else(|| ApiError::field(format!("{p}.function"), "missing"))?;
@@ -268,7 +281,13 @@ fn tools(v: Option<&Value>) -> R<Vec<ToolDescription>> {
             let parameters = match opt(f, "parameters") {
                 None => None,
                 Some(s @ Value::Object(_)) => Some(s.clone()),
-                Some(v) => return Err(wrong(&format!("{p}.function.parameters"), "a JSON schema object", v)),
+                Some(v) => {
+                    return Err(wrong(
+                        &format!("{p}.function.parameters"),
+                        "a JSON schema object",
+                        v,
+                    ))
+                }
             };
             Ok(ToolDescription {
                 name: osstune_data::tools::sanitize_name(&name),
@@ -336,19 +355,28 @@ fn stop(v: Option<&Value>) -> R<Vec<String>> {
 
 /// Checks and reads one request body.
 pub fn parse(body: &Value) -> R<ChatRequest> {
-    let o = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request(format!("the body must be a JSON object, got {}", type_name(body))))?;
+    let o = body.as_object().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON object, got {}",
+            type_name(body)
+        ))
+    })?;
     let messages = messages(o.get("messages"))?;
     let tools = tools(o.get("tools"))?;
     let tool_choice = tool_choice(o.get("tool_choice"), &tools)?;
     let temperature = opt_f64(o, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::field("temperature", format!("must be in [0, 2], got {temperature}")));
+        return Err(ApiError::field(
+            "temperature",
+            format!("must be in [0, 2], got {temperature}"),
+        ));
     }
     let top_p = opt_f64(o, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::field("top_p", format!("must be in (0, 1], got {top_p}")));
+        return Err(ApiError::field(
+            "top_p",
+            format!("must be in (0, 1], got {top_p}"),
+        ));
     }
     let max_tokens = match opt_u64(o, "max_completion_tokens")? {
         Some(n) => Some((n, "max_completion_tokens")),
@@ -363,17 +391,26 @@ pub fn parse(body: &Value) -> R<ChatRequest> {
         }
     }
     if opt_bool(o, "logprobs", "logprobs")? {
-        return Err(ApiError::field("logprobs", "log probabilities are not supported"));
+        return Err(ApiError::field(
+            "logprobs",
+            "log probabilities are not supported",
+        ));
     }
     if let Some(rf) = opt(o, "response_format") {
         if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::field("response_format", "only {\"type\": \"text\"} is supported"));
+            return Err(ApiError::field(
+                "response_format",
+                "only {\"type\": \"text\"} is supported",
+            ));
         }
     }
     let reasoning_effort = match opt_str(o, "reasoning_effort", "reasoning_effort")? {
         None => None,
         Some(s) => Some(ReasoningEffort::parse(&s).ok_or_else(|| {
-            ApiError::field("reasoning_effort", format!("{s:?} is not one of low, medium, high"))
+            ApiError::field(
+                "reasoning_effort",
+                format!("{s:?} is not one of low, medium, high"),
+            )
         })?),
     };
     let include_usage = match opt(o, "stream_options") {
