@@ -213,18 +213,19 @@ fn prepare(st: &AppState, chat: &ChatRequest) -> Result<(Job, UnboundedReceiver<
         ));
     }
     let room = ctx - prompt.len();
-    let max_tokens =
-        match chat.max_tokens {
-            Some(n) if n > room => return Err(ApiError::field(
+    let max_tokens = match chat.max_tokens {
+        Some(n) if n > room => {
+            return Err(ApiError::field(
                 "max_tokens",
                 format!(
                     "{n} new tokens after a {}-token prompt exceed the model's context of {ctx}",
                     prompt.len()
                 ),
-            )),
-            Some(n) => n,
-            None => st.cfg.default_max_tokens.min(room),
-        };
+            ))
+        }
+        Some(n) => n,
+        None => st.cfg.default_max_tokens.min(room),
+    };
     let permit = Permit::try_take(&st.in_flight, st.cfg.max_concurrent + st.cfg.max_queue)
         .ok_or_else(|| ApiError::busy(st.cfg.retry_after_secs))?;
     let tools = match chat.tool_choice {
