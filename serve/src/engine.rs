@@ -295,11 +295,8 @@ fn step(model: &GptOss, a: &mut Active, prefix: &PrefixCache) -> Result<Step> {
     }
     let pos = a.fed.len();
     let prompt_end = pos == a.job.prompt.len();
-    let window = prefix.min_window();
-    if prefix.enabled()
-        && prefix.has_sliding_layers()
-        && (prompt_end || window.is_some_and(|w| pos % w == 0))
-    {
+    let on_grid = prefix.min_window().is_some_and(|w| pos.is_multiple_of(w));
+    if prefix.enabled() && prefix.has_sliding_layers() && (prompt_end || on_grid) {
         a.checkpoints.push(prefix.checkpoint(&a.cache, pos));
     }
     let token = a.sampler.sample_row(&last_row(&logits)?)?;

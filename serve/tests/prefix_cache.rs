@@ -35,7 +35,7 @@ fn feed(
                 let x = Tensor::new(&[t], &m.device).unwrap().unsqueeze(0).unwrap();
                 last = last_row(&m.forward(&x, start + i, cache).unwrap()).unwrap();
                 let pos = start + i + 1;
-                if pos % k == 0 {
+                if pos.is_multiple_of(k) {
                     cps.push(pc.checkpoint(cache, pos));
                 }
             }

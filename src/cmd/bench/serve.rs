@@ -6,6 +6,9 @@
 //! declarations, a user task, then turns that each add the assistant's tool call and a tool
 //! result (~1 KB of file text) and ask again, so every request resends the whole, growing
 //! conversation as agents do. Decoding is greedy, so both cache settings do the same work.
+//! Requests force a `read` call (`tool_choice`): its header is part of the prompt, so every
+//! generated token streams at once as argument text, and time to first token is measured as
+//! a client sees it even on a random checkpoint that never writes a Harmony header itself.
 //! Without `--model` a `tiny`-preset checkpoint (real o200k_harmony vocabulary) is written
 //! to a temporary directory.
 
@@ -94,10 +97,13 @@ fn timed(addr: SocketAddr, body: &Value) -> Result<Sample> {
         }
         let v: Value = serde_json::from_str(&d)?;
         let delta = &v["choices"][0]["delta"];
+        // The first generated text: content, reasoning or call arguments (the forced call's
+        // name comes from the prompt, not the model).
+        let args = &delta["tool_calls"][0]["function"]["arguments"];
         let has_output = ["content", "reasoning_content"]
             .iter()
             .any(|k| delta[k].as_str().is_some_and(|s| !s.is_empty()))
-            || delta.get("tool_calls").is_some();
+            || args.as_str().is_some_and(|s| !s.is_empty());
         if has_output && ttft.is_none() {
             ttft = Some(start.elapsed().as_secs_f64());
         }
@@ -125,7 +131,8 @@ fn session(addr: SocketAddr, id: usize, turns: usize, max_tokens: usize) -> Resu
     let mut out = Vec::new();
     for turn in 0..turns {
         let body = json!({ "messages": messages, "tools": tools(), "stream": true,
-            "stream_options": { "include_usage": true }, "temperature": 0, "max_tokens": max_tokens });
+            "stream_options": { "include_usage": true }, "temperature": 0, "max_tokens": max_tokens,
+            "tool_choice": { "type": "function", "function": { "name": "read" } } });
         out.push(timed(addr, &body)?);
         let call = format!("call_{id}_{turn}");
         messages.push(json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": call, "type": "function",
@@ -147,13 +154,7 @@ struct Row {
     wall: f64,
 }
 
-fn measure(
-    model: &GptOss,
-    dir: &Path,
-    clients: usize,
-    cache: bool,
-    args: &Args,
-) -> Result<Row> {
+fn measure(model: &GptOss, dir: &Path, clients: usize, cache: bool, args: &Args) -> Result<Row> {
     let mut cfg = ServeConfig::new("bench");
     cfg.max_concurrent = clients;
     cfg.cache_bytes = if cache { 1 << 30 } else { 0 };
