@@ -12,15 +12,14 @@
 //! whose client went away (its event channel is closed) is dropped at its next step.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use osstune_harmony::Tokenizer;
-use osstune_model::generation::ASSISTANT_STOP_TOKENS;
-use osstune_model::sampling::{last_row, Sampler, SamplingParams};
+use osstune_model::generate::generation::ASSISTANT_STOP_TOKENS;
+use osstune_model::generate::sampling::{last_row, Sampler, SamplingParams};
 use osstune_model::{Cache, GptOss};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -29,7 +28,7 @@ use crate::prefix_cache::{Checkpoint, PrefixCache};
 
 /// Prompt tokens per prefill forward, as `osstune generate` (so a cold request computes
 /// exactly what it computes).
-pub const PREFILL_CHUNK: usize = osstune_model::generation::DEFAULT_PREFILL_CHUNK;
+pub const PREFILL_CHUNK: usize = osstune_model::generate::generation::DEFAULT_PREFILL_CHUNK;
 
 /// Counts a request against the server's limit until it is dropped.
 pub struct Permit(Arc<AtomicUsize>);
@@ -153,6 +152,8 @@ enum Step {
     Running,
     Finished(End),
     Cancelled,
+    /// The forward failed: the cache may be half-extended and is not kept.
+    Failed,
 }
 
 fn worker(
@@ -169,10 +170,9 @@ fn worker(
     loop {
         while active.len() < max_concurrent {
             let job = if active.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(500)) {
+                match rx.recv() {
                     Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return, // the server is gone
                 }
             } else {
                 match rx.try_recv() {
@@ -201,7 +201,7 @@ fn worker(
         while i < active.len() {
             let outcome = step(&model, &mut active[i], &prefix).unwrap_or_else(|e| {
                 let _ = active[i].job.events.send(Event::Failed(format!("{e:#}")));
-                Step::Cancelled
+                Step::Failed
             });
             match outcome {
                 Step::Running => i += 1,
@@ -214,6 +214,10 @@ fn worker(
                     let a = active.swap_remove(i);
                     prefix.insert(a.fed, a.cache, a.checkpoints);
                     stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                Step::Failed => {
+                    active.swap_remove(i);
+                    stats.failed.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }

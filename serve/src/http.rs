@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use osstune_harmony::Tokenizer;
-use osstune_model::sampling::SamplingParams;
+use osstune_model::generate::sampling::SamplingParams;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 

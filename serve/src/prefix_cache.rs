@@ -19,7 +19,7 @@
 //! used entries.
 
 use candle_core::Tensor;
-use osstune_model::attention::LayerCache;
+use osstune_model::arch::attention::LayerCache;
 use osstune_model::Cache;
 
 /// Sliding layers' caches after exactly `pos` tokens (`None` for full-attention layers).

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::model;
-use osstune_model::sampling::last_row;
+use osstune_model::generate::sampling::last_row;
 use osstune_model::Cache;
 use osstune_serve::prefix_cache::{Checkpoint, PrefixCache};
 

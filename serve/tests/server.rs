@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use osstune_harmony::{Message, ReasoningEffort, RenderOptions, Renderer, SystemContent};
-use osstune_model::generation::{generate, GenerateOptions};
-use osstune_model::sampling::{Sampler, SamplingParams};
+use osstune_model::generate::generation::{generate, GenerateOptions};
+use osstune_model::generate::sampling::{Sampler, SamplingParams};
 use osstune_serve::client;
 use serde_json::{json, Value};
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 use osstune_harmony::Tokenizer;
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::GptOss;
 use osstune_serve::{client, ServeConfig};
 use serde_json::{json, Value};

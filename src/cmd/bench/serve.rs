@@ -17,7 +17,7 @@ use candle_core::DType;
 use osstune_data::session::Format;
 use osstune_data::tools::builtin;
 use osstune_harmony::Tokenizer;
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::GptOss;
 use osstune_serve::{client, ServeConfig};
 use serde_json::{json, Value};
