@@ -82,7 +82,7 @@ pub struct Running {
 }
 
 fn state(model: GptOss, tok: Tokenizer, cfg: ServeConfig) -> Result<Arc<http::AppState>> {
-    let context_len = model.config().max_position_embeddings.unwrap_or(131_072);
+    let context_len = model.config().context_len();
     let tok = Arc::new(tok);
     let engine = engine::start(model, tok.clone(), cfg.max_concurrent, cfg.cache_bytes)?;
     Ok(Arc::new(http::AppState::new(engine, tok, cfg, context_len)))

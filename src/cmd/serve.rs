@@ -100,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
         top_k: None,
         seed: Some(0),
         max_tokens: args.max_tokens,
+        max_context: None,
         device: args.device,
         dtype: args.dtype,
         reasoning: args.reasoning,
