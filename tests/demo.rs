@@ -29,7 +29,7 @@ fn demo_runs_the_whole_pipeline() {
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    // The bundled sessions give a seeded 90/10 split.
+    // The bundled sessions give a seeded 90/10 split (fitted to the recipe's 512 tokens).
     let count = |f: &str| {
         std::fs::read_to_string(out.join(f))
             .unwrap()
@@ -37,7 +37,7 @@ fn demo_runs_the_whole_pipeline() {
             .count()
     };
     let (train, valid) = (count("data/train.jsonl"), count("data/valid.jsonl"));
-    assert!(train > 20 && valid >= 2, "split {train}/{valid}");
+    assert!(train >= 20 && valid >= 2, "split {train}/{valid}");
     // The merge was verified against base + adapter, and the summary reports the run.
     assert!(stdout.contains("verify: max |Δlogit|"), "{stdout}");
     assert!(stdout.contains("train loss"), "{stdout}");

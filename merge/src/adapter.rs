@@ -5,35 +5,14 @@
 use crate::st::{Dtype, Tensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
+use osstune_model::lora::file::read_config;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// A LoRA attachment point: the model's target registry.
 pub use osstune_model::Target;
 
-#[derive(Debug, Deserialize)]
-pub struct BaseModelRef {
-    #[serde(default)]
-    pub model_type: Option<String>,
-    #[serde(default)]
-    pub fingerprint: Option<String>,
-    #[serde(default)]
-    pub num_hidden_layers: Option<usize>,
-    #[serde(default)]
-    pub hidden_size: Option<usize>,
-    #[serde(default)]
-    pub num_local_experts: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AdapterConfig {
-    pub format: String,
-    pub version: u32,
-    pub rank: usize,
-    pub alpha: f64,
-    pub base_model: BaseModelRef,
-}
+pub use osstune_model::lora::file::AdapterConfig;
 
 /// Shape a target has in the base: `experts` is `Some(E)` for expert matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,28 +34,7 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn open(dir: &Path) -> Result<Adapter> {
-        let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let config: AdapterConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an osstune adapter config", cfg_path.display()))?;
-        if config.format != "osstune-lora" || config.version != 1 {
-            bail!(
-                "{}: format {:?} version {} is not osstune-lora v1 (convert PEFT / mlx-lm adapters \
-                 with `osstune adapters import`)",
-                cfg_path.display(),
-                config.format,
-                config.version
-            );
-        }
-        if config.rank == 0 || !config.alpha.is_finite() {
-            bail!(
-                "{}: rank {} / alpha {} invalid",
-                cfg_path.display(),
-                config.rank,
-                config.alpha
-            );
-        }
+        let config = read_config(dir)?;
         let scale = (config.alpha / config.rank as f64) as f32;
         let file = dir.join("adapters.safetensors");
         if !file.exists() {
@@ -157,8 +115,24 @@ impl Adapter {
                 let got = &self.tensors.info(n)?.shape;
                 if *got != want {
                     bail!(
-                        "{}: {n} has shape {got:?}, the base needs {want:?} (rank {r}): \
-                         this adapter was made for another model",
+                        "{}: {}",
+                        self.file.display(),
+                        shape_mismatch(n, got, &want, r)
+                    );
+                }
+            }
+        }
+        self.check_finite()
+    }
+
+    /// Every adapter value must be finite: a NaN would poison every merged weight it touches.
+    pub fn check_finite(&self) -> Result<()> {
+        for &(l, t) in &self.present {
+            let (na, nb) = names(l, t);
+            for n in [&na, &nb] {
+                if let Some(i) = self.tensors.f32(n)?.iter().position(|v| !v.is_finite()) {
+                    bail!(
+                        "{}: tensor {n} holds a non-finite value (element {i})",
                         self.file.display()
                     );
                 }
@@ -214,6 +188,25 @@ impl Adapter {
 fn names(layer: usize, t: Target) -> (String, String) {
     let m = t.path(layer);
     (format!("{m}.lora_a"), format!("{m}.lora_b"))
+}
+
+/// Why a factor's shape is not the one the base needs: the rank (when only the rank axis
+/// differs, the adapter's config and tensors disagree) or the model.
+fn shape_mismatch(name: &str, got: &[usize], want: &[usize], r: usize) -> String {
+    // A is [(E,) r, in] and B is [(E,) out, r]: the rank axis is the one that differs.
+    let differing: Vec<usize> = (0..want.len().min(got.len()))
+        .filter(|&i| got[i] != want[i])
+        .collect();
+    if got.len() == want.len() && differing.len() == 1 && want[differing[0]] == r {
+        format!(
+            "{name} has rank {} but adapter_config.json says rank {r}: the config and the              tensors disagree",
+            got[differing[0]]
+        )
+    } else {
+        format!(
+            "{name} has shape {got:?}, the base needs {want:?} (rank {r}): this adapter was              made for another model"
+        )
+    }
 }
 
 /// `{target path}.lora_{a,b}` → (layer, target, is_a); model-level targets have layer 0.

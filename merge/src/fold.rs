@@ -6,8 +6,8 @@ use crate::base::{interleave_rows, Base, Sel};
 use crate::plan::{output_config, plan, Enc, Format, Item, Recipe};
 use crate::st::{from_f32, round_trip, to_f32, Dtype};
 use crate::survival::Survival;
-use crate::verify::{verify, Verify};
-use crate::writer::{write_json, Naming, ShardedWriter};
+use crate::verify::{check_probe_len, check_tolerance, verify, within_tolerance, Verify};
+use crate::writer::{clean_stale_temporaries, temp_name, write_json, Naming, ShardedWriter};
 use anyhow::{bail, Context, Result};
 use osstune_model::config::Config;
 use osstune_model::quant::mxfp4::{dequantize_rows, quantize_rows, GROUP, GROUP_BYTES};
@@ -70,13 +70,20 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport> {
             opts.out.display()
         );
     }
+    if opts.max_shard_bytes == 0 {
+        bail!("the largest shard size must be > 0");
+    }
+    let model_cfg = Config::from_model_dir(&opts.model)
+        .with_context(|| format!("reading {}/config.json", opts.model.display()))?;
+    if let Some(v) = &opts.verify {
+        v.tol.map(check_tolerance).transpose()?;
+        check_probe_len(&model_cfg, v.probe_len)?;
+    }
     let base = Base::open(&opts.model)?;
     let adapter = Adapter::open(&opts.adapter)?;
     let fingerprint = match &opts.base_fingerprint {
         Some(f) => f.clone(),
-        None => Config::from_model_dir(&opts.model)
-            .with_context(|| format!("reading {}/config.json", opts.model.display()))?
-            .fingerprint(),
+        None => model_cfg.fingerprint(),
     };
     check_base(&base, &adapter, Some(&fingerprint))?;
     adapter.check_shapes(base.layers, |l, t| base.target_shape(l, t))?;
@@ -91,8 +98,11 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport> {
         .file_name()
         .context("--out has no folder name")?
         .to_string_lossy();
+    for stale in clean_stale_temporaries(&parent, &leaf)? {
+        eprintln!("removed {}, left by an interrupted merge", stale.display());
+    }
     let tmp = TempDir {
-        path: parent.join(format!(".{leaf}.tmp-{}", std::process::id())),
+        path: parent.join(temp_name(&leaf, std::process::id())),
         keep: false,
     };
     std::fs::create_dir_all(&tmp.path)
@@ -100,7 +110,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport> {
     let (naming, meta) = if opts.format.is_mlx() {
         (Naming::Mlx, "mlx")
     } else {
-        (Naming::HfZeroBased, "pt")
+        (Naming::Hf, "pt")
     };
     let specs = items.iter().map(|i| i.spec.clone()).collect();
     let mut w = ShardedWriter::new(&tmp.path, specs, opts.max_shard_bytes, naming, meta)?;
@@ -144,8 +154,8 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeReport> {
             let tol = v
                 .tol
                 .unwrap_or(if exact { 1e-3 } else { 0.02 * r.max_logit });
-            // NaN logits fail too.
-            if r.max_diff.is_nan() || r.max_diff > tol {
+            // Fails closed: NaN logits (or a NaN tolerance from NaN logits) fail too.
+            if !within_tolerance(r.max_diff, tol) {
                 bail!(
                     "--verify: merged logits differ from base + adapter by up to {:.3e}, \
                      {:.3e} on average (tolerance {tol:.3e}; the adapter itself moves logits by \
@@ -195,7 +205,7 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
         ("hidden_size", b.hidden_size),
         ("num_local_experts", b.num_local_experts),
     ] {
-        if let (Some(want), Some(got)) = (want, get(key)) {
+        if let Some(got) = get(key) {
             if want != got {
                 bail!(
                     "{}: adapter was made for a base with {key} = {want}, {} has {got}",
@@ -205,8 +215,8 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
             }
         }
     }
-    if let (Some(want), Some(got)) = (
-        b.model_type.as_deref(),
+    if let (want, Some(got)) = (
+        b.model_type.as_str(),
         base.config.get("model_type").and_then(|v| v.as_str()),
     ) {
         if want != got {

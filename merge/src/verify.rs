@@ -3,11 +3,11 @@
 //! path training and `generate --adapter` use), (3) the merged checkpoint; all in f32 on the
 //! CPU. The models are loaded one after the other, so at most one is resident.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use osstune_model::arch::gpt_oss::GptOss;
-use osstune_train::adapters::Adapters;
-use osstune_train::trainer;
+use osstune_model::lora::file::attach_dir;
+use osstune_model::Config;
 use std::path::Path;
 
 pub struct Verify {
@@ -20,6 +20,56 @@ pub struct Verify {
     pub adapter_effect: f32,
     /// max |logit(base + adapter)|
     pub max_logit: f32,
+}
+
+/// A `--verify-tol` must be a finite number ≥ 0 (NaN would make every comparison pass).
+pub fn check_tolerance(tol: f32) -> Result<()> {
+    if !(tol.is_finite() && tol >= 0.0) {
+        bail!("--verify-tol must be a finite number ≥ 0, got {tol}");
+    }
+    Ok(())
+}
+
+/// Whether the merged logits are close enough. Written so that NaN anywhere fails: the
+/// comparison is true only for two ordered numbers with `diff ≤ tol`.
+pub fn within_tolerance(max_diff: f32, tol: f32) -> bool {
+    max_diff <= tol && tol.is_finite()
+}
+
+/// Bytes a probe of 2 × `len` tokens needs beyond the weights (f32): three logits tensors
+/// and their difference, the residual stream and per-layer projections, and, where the
+/// attention is not fused, [Hq, T, T] scores and probabilities.
+pub fn probe_bytes(cfg: &Config, len: usize) -> u128 {
+    let (t, v, h) = (
+        2 * len as u128,
+        cfg.vocab_size as u128,
+        cfg.hidden_size as u128,
+    );
+    let hq = cfg.num_attention_heads as u128;
+    t * v * 4 * 4 + t * h * 4 * 16 + 2 * hq * (len as u128).pow(2) * 4 * 2
+}
+
+/// `--probe-len` must be ≥ 1, within the model's context and fit in memory.
+pub fn check_probe_len(cfg: &Config, len: usize) -> Result<()> {
+    if len == 0 {
+        bail!("--probe-len must be ≥ 1 token (the probe is 2 sequences of that length)");
+    }
+    let ctx = cfg.context_len();
+    if len > ctx {
+        bail!("--probe-len {len} exceeds the model's context of {ctx} tokens");
+    }
+    let need = probe_bytes(cfg, len);
+    if let Some(avail) = osstune_train::preflight::mem_available() {
+        if need > avail as u128 {
+            bail!(
+                "--probe-len {len} needs about {:.2} GiB for the probe's logits and \
+                 activations, more than the {:.2} GiB available; use a shorter probe",
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Probe ids: 2 sequences × `len` tokens, seeded, inside the vocabulary.
@@ -55,10 +105,8 @@ pub fn verify(base: &Path, adapter: &Path, merged: &Path, len: usize) -> Result<
         .with_context(|| format!("verify: loading base {}", base.display()))?;
     let ids = probe_ids(model.cfg.vocab_size, len, &dev)?;
     let plain = logits(&model, &ids)?;
-    let shapes = trainer::target_shapes(&model);
-    let ad = Adapters::load(adapter, &shapes, &trainer::base_info(&model), &dev)
+    attach_dir(&mut model, adapter, &dev)
         .with_context(|| format!("verify: loading adapter {}", adapter.display()))?;
-    trainer::attach(&mut model, &ad)?;
     let reference = logits(&model, &ids)?;
     drop(model);
     let merged_model = GptOss::load(merged, &dev, DType::F32)
@@ -70,4 +118,21 @@ pub fn verify(base: &Path, adapter: &Path, merged: &Path, len: usize) -> Result<
         adapter_effect: max_abs(&reference, Some(&plain))?,
         max_logit: max_abs(&reference, None)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_checks_fail_closed() {
+        for bad in [f32::NAN, -1e-3, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(check_tolerance(bad).is_err(), "{bad}");
+        }
+        check_tolerance(0.0).unwrap();
+        assert!(within_tolerance(0.5, 1.0));
+        assert!(!within_tolerance(f32::NAN, 1.0));
+        assert!(!within_tolerance(0.5, f32::NAN));
+        assert!(!within_tolerance(2.0, 1.0));
+    }
 }

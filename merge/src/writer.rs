@@ -37,6 +37,9 @@ pub enum Naming {
     /// The official gpt-oss converter: 0-based, count written as n-1
     /// (`model-00000-of-00002.safetensors` … `-00002-`).
     HfZeroBased,
+    /// Hugging Face `save_pretrained` (transformers' sharding): 1-based, count as is
+    /// (`model-00001-of-00003.safetensors` … `-00003-`), what merge writes.
+    Hf,
     /// mlx-lm `save_model`: `model.safetensors` alone, else 1-based `model-00001-of-00003`.
     Mlx,
 }
@@ -45,7 +48,7 @@ fn shard_name(naming: Naming, i: usize, n: usize) -> String {
     match naming {
         Naming::HfZeroBased => format!("model-{i:05}-of-{:05}.safetensors", n - 1),
         Naming::Mlx if n == 1 => "model.safetensors".into(),
-        Naming::Mlx => format!("model-{:05}-of-{n:05}.safetensors", i + 1),
+        Naming::Hf | Naming::Mlx => format!("model-{:05}-of-{n:05}.safetensors", i + 1),
     }
 }
 
@@ -220,6 +223,44 @@ impl ShardedWriter {
     }
 }
 
+/// The temporary folder name of output `leaf` for process `pid` (`.LEAF.tmp-PID`, hidden
+/// beside the output so the final rename stays on one file system).
+pub fn temp_name(leaf: &str, pid: u32) -> String {
+    format!(".{leaf}.tmp-{pid}")
+}
+
+/// Removes the temporary folders (`temp_name`) that earlier runs for output `leaf` left in
+/// `parent` when they were killed: those whose process no longer exists (Linux `/proc`;
+/// elsewhere nothing is removed, since liveness cannot be told). Returns what was removed.
+pub fn clean_stale_temporaries(parent: &Path, leaf: &str) -> Result<Vec<PathBuf>> {
+    let proc_ = Path::new("/proc");
+    if !proc_.join("self").exists() {
+        return Ok(Vec::new());
+    }
+    let prefix = format!(".{leaf}.tmp-");
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Ok(removed);
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || proc_.join(pid.to_string()).exists() {
+            continue; // ours, or a live process's (possibly a concurrent merge)
+        }
+        let p = e.path();
+        std::fs::remove_dir_all(&p)
+            .with_context(|| format!("removing the stale temporary folder {}", p.display()))?;
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
 /// Writes pretty JSON atomically (`X.tmp`, then rename).
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -262,7 +303,7 @@ mod tests {
             Spec::new("b", Dtype::U8, &[5]),
             Spec::new("c", Dtype::BF16, &[4, 4]),
         ];
-        let mut w = ShardedWriter::new(&dir, specs, 25, Naming::HfZeroBased, "pt").unwrap();
+        let mut w = ShardedWriter::new(&dir, specs, 25, Naming::Hf, "pt").unwrap();
         let a: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
         w.write("a", &a[..8]).unwrap();
         assert!(w.write("b", &[1]).is_err(), "out of order must fail");
@@ -273,9 +314,9 @@ mod tests {
         assert_eq!(
             names,
             [
-                "model-00000-of-00002.safetensors",
-                "model-00001-of-00002.safetensors",
-                "model-00002-of-00002.safetensors"
+                "model-00001-of-00003.safetensors",
+                "model-00002-of-00003.safetensors",
+                "model-00003-of-00003.safetensors"
             ]
         );
         let t = Tensors::open_dir(&dir).unwrap();
@@ -283,6 +324,32 @@ mod tests {
         assert_eq!(t.bytes("b").unwrap(), &[1, 2, 3, 4, 5]);
         assert_eq!(t.info("c").unwrap().shape, vec![4, 4]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile_dir("stale");
+        // A pid above the kernel's limit (pid_max ≤ 2^22) never belongs to a live process.
+        let dead = dir.join(temp_name("out", 4_999_999));
+        let live = dir.join(temp_name("out", std::process::id()));
+        let other = dir.join(temp_name("other", 4_999_999));
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let removed = clean_stale_temporaries(&dir, "out").unwrap();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, vec![dead.clone()]);
+            assert!(!dead.exists());
+        }
+        assert!(live.exists() && other.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("osstune-writer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

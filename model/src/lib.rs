@@ -19,6 +19,7 @@ pub mod io;
 pub mod kernels;
 pub mod lora;
 pub mod quant;
+mod validate;
 
 pub use arch::{Cache, GptOss};
 pub use config::Config;

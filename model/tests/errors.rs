@@ -174,7 +174,7 @@ fn both_rope_spellings_and_fingerprint() {
             .num_experts_per_tok,
         2
     );
-    // YaRN numbers of spec §1.5 for head_dim 64.
+    // YaRN numbers of docs/gpt-oss.md §1.5 for head_dim 64.
     let mut real = j.clone();
     real["head_dim"] = 64.into();
     let rt =

@@ -1,8 +1,9 @@
 //! `osstune adapters export|import`: osstune adapters ↔ PEFT / mlx-lm files.
 
+use super::out_guard::check_output;
 use anyhow::{Context, Result};
 use osstune_train::export::{self, Format};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]
 pub enum AdaptersCommand {
@@ -16,6 +17,9 @@ pub enum AdaptersCommand {
         format: Format,
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it exists (same-named files are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Read a PEFT or mlx-lm adapter back into osstune's format for a base model.
     Import {
@@ -30,6 +34,9 @@ pub enum AdaptersCommand {
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it exists (same-named files are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Write the logits of base + adapter for a token sequence (f32 safetensors, tensor
     /// "logits" [T, V]), for checking exports against other frameworks.
@@ -53,7 +60,9 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             adapter,
             format,
             out,
+            overwrite,
         } => {
+            check_output(&out, &[("--adapter", &adapter)], overwrite)?;
             export::export(&adapter, &out, format)?;
             eprintln!("wrote {} adapter to {}", fmt_name(format), out.display());
         }
@@ -62,17 +71,19 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             format,
             model,
             out,
+            overwrite,
         } => {
+            check_output(&out, &[("--from", &from), ("--model", &model)], overwrite)?;
             let cfg = osstune_model::Config::from_model_dir(&model)
                 .with_context(|| format!("reading base model {}", model.display()))?;
             let base = osstune_train::adapters::BaseModelInfo {
                 model_type: cfg.model_type.clone(),
-                fingerprint: cfg.fingerprint(),
+                fingerprint: Some(cfg.fingerprint()),
                 num_hidden_layers: cfg.num_hidden_layers,
                 hidden_size: cfg.hidden_size,
                 num_local_experts: cfg.num_local_experts,
             };
-            export::import(&from, &out, format, &base)?;
+            import_checked(&from, &out, format, &base, &model)?;
             eprintln!("wrote osstune adapter to {}", out.display());
         }
         AdaptersCommand::Logits {
@@ -83,6 +94,46 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
         } => logits(&model, adapter.as_deref(), &ids, &out)?,
     }
     Ok(())
+}
+
+/// Imports into a temporary folder beside `out`, checks the result against the base (every
+/// factor's shape and rank, layers, finite values: what `merge` and `generate --adapter`
+/// would refuse later, with a worse culprit) and only then moves it into place.
+fn import_checked(
+    from: &Path,
+    out: &Path,
+    format: Format,
+    base: &osstune_train::adapters::BaseModelInfo,
+    model: &Path,
+) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let leaf = out
+        .file_name()
+        .context("--out has no folder name")?
+        .to_string_lossy();
+    let tmp = parent.join(format!(".{leaf}.import-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let checked = export::import(from, &tmp, format, base).and_then(|_| {
+        let ad = osstune_merge::adapter::Adapter::open(&tmp)?;
+        let b = osstune_merge::base::Base::open(model)?;
+        ad.check_shapes(b.layers, |l, t| b.target_shape(l, t))
+            .with_context(|| format!("the adapter imported from {}", from.display()))
+    });
+    let moved = checked.and_then(|_| {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        for e in std::fs::read_dir(&tmp)? {
+            let e = e?;
+            let dst = out.join(e.file_name());
+            std::fs::rename(e.path(), &dst)
+                .with_context(|| format!("moving {} into place", dst.display()))?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    moved
 }
 
 fn fmt_name(f: Format) -> &'static str {

@@ -47,6 +47,18 @@ pub fn run(args: Args) -> Result<()> {
         }
         history.push(Message::user(text));
         let prompt = s.completion_prompt(&history)?;
+        if prompt.len() + s.args.max_tokens > s.context {
+            // Not fatal in a conversation: the message is dropped and the chat goes on.
+            history.pop();
+            eprintln!(
+                "error: the conversation has {} tokens; with --max-tokens {} that exceeds the \
+                 context of {} tokens: /reset the history or send a shorter message",
+                prompt.len(),
+                s.args.max_tokens,
+                s.context
+            );
+            continue;
+        }
         let turn = s.run_turn(&prompt)?;
         match turn.final_text() {
             Some(answer) => history.push(Message::assistant("final", answer)),

@@ -76,6 +76,10 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::write(&config, TINY_CONFIG)
         .with_context(|| format!("cannot write {}", config.display()))?;
     let total = Instant::now();
+    let max_seq_len = osstune_train::config::TrainConfig::load(Some(&config), &[])?
+        .data
+        .max_seq_len
+        .to_string();
 
     let args = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (base_s, data_s, adapters_s, merged_s) = (s(&base), s(&data), s(&adapters), s(&merged));
@@ -106,6 +110,10 @@ pub fn run(a: Args) -> Result<()> {
             "42",
             "--valid-fraction",
             "0.1",
+            // Fit the samples to the recipe's length here, where the target turn is kept
+            // (training refuses longer samples rather than cut their end).
+            "--max-seq-len",
+            &max_seq_len,
         ]),
     )?;
     let mut train = args(&[
@@ -153,6 +161,45 @@ pub fn run(a: Args) -> Result<()> {
         ]),
     )?;
 
+    // Agent-trace metrics on the held-out samples, base vs adapted (docs/eval.md); a random
+    // tiny model scores poorly, the point is that the pipeline runs.
+    let valid = data.join("valid.jsonl");
+    let has_valid = std::fs::metadata(&valid).is_ok_and(|m| m.len() > 0);
+    let (eval_base, eval_adapted) = (out.join("eval-base"), out.join("eval-adapted"));
+    if has_valid {
+        for (title, dir, adapter) in [
+            (
+                "eval: the base model on the held-out sessions",
+                &eval_base,
+                None,
+            ),
+            (
+                "eval: base + adapters on the same sessions",
+                &eval_adapted,
+                Some(&adapters_s),
+            ),
+        ] {
+            let mut v = args(&[
+                "eval",
+                "sessions",
+                "--model",
+                &base_s,
+                "--data",
+                &s(&valid),
+                "--max-tokens",
+                "32",
+                "--max-seq-len",
+                "512",
+                "--out",
+                &s(dir),
+            ]);
+            if let Some(a) = adapter {
+                v.extend(["--adapter".to_string(), a.clone()]);
+            }
+            stage(title, &v)?;
+        }
+    }
+
     summary(
         &out,
         &data,
@@ -160,7 +207,15 @@ pub fn run(a: Args) -> Result<()> {
         &merged,
         train_secs,
         total.elapsed().as_secs_f64(),
-    )
+    )?;
+    if has_valid {
+        println!("\n  held-out sessions, base vs adapted (osstune eval compare):");
+        print!(
+            "{}",
+            super::eval::compare_sessions(&eval_base, &eval_adapted)?
+        );
+    }
+    Ok(())
 }
 
 fn summary(
@@ -188,6 +243,7 @@ fn summary(
                 tokens += t;
             }
             Record::Valid { loss, .. } => valid.push(*loss),
+            Record::Resume { .. } => {}
         }
     }
     println!(

@@ -63,6 +63,10 @@ pub struct ModelArgs {
     /// Most new tokens per answer.
     #[arg(long, default_value_t = 1024)]
     pub max_tokens: usize,
+    /// Most tokens (prompt + answer) per generation; default and upper bound: the model's
+    /// context (`max_position_embeddings`).
+    #[arg(long)]
+    pub max_context: Option<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Compute dtype (default: f32 on cpu, bf16 on cuda/metal).
@@ -130,6 +134,32 @@ pub struct Session {
     pub tok: Tokenizer,
     pub args: ModelArgs,
     pub seed: u64,
+    /// Tokens one generation may hold (prompt + answer), see `context_limit`.
+    pub context: usize,
+}
+
+/// The context a generation may use: the model's, or less with `--max-context`.
+fn context_limit(args: &ModelArgs) -> Result<usize> {
+    let cfg = osstune_model::Config::from_model_dir(&args.model)?;
+    let model_ctx = cfg.context_len();
+    let ctx = match args.max_context {
+        Some(0) => bail!("--max-context must be ≥ 1"),
+        Some(n) if n > model_ctx => bail!(
+            "--max-context {n} exceeds the model's context of {model_ctx} tokens \
+             (max_position_embeddings in {}/config.json)",
+            args.model.display()
+        ),
+        Some(n) => n,
+        None => model_ctx,
+    };
+    if args.max_tokens >= ctx {
+        bail!(
+            "--max-tokens {} does not fit in the context of {ctx} tokens (prompt + answer); \
+             lower --max-tokens",
+            args.max_tokens
+        );
+    }
+    Ok(ctx)
 }
 
 impl Session {
@@ -141,6 +171,7 @@ impl Session {
         // Bad sampling options fail before the (possibly long) model load.
         let seed = args.seed.unwrap_or_else(clock_seed);
         Sampler::new(sampling(args, seed))?;
+        let context = context_limit(args)?;
         let device = device(args.device)?;
         let dtype = match (args.dtype, args.device) {
             (Some(DtypeArg::F32), _) | (None, DeviceArg::Cpu) => DType::F32,
@@ -158,6 +189,7 @@ impl Session {
             tok,
             args: args.clone(),
             seed,
+            context,
         })
     }
 
@@ -183,6 +215,18 @@ impl Session {
                 "prompt token {bad} is outside the vocabulary of {} (size {vocab}): \
                  the model was not built for this tokenizer",
                 self.args.model.display()
+            );
+        }
+        // Before the prefill: a prompt that leaves no room for the answer would run for
+        // minutes and then fail (or silently attend beyond the trained positions).
+        if prompt.len() + self.args.max_tokens > self.context {
+            bail!(
+                "the prompt has {} tokens; with --max-tokens {} that exceeds the context of {} \
+                 tokens (shorten the prompt or the conversation — /reset in chat —, lower \
+                 --max-tokens, or raise --max-context up to the model's context)",
+                prompt.len(),
+                self.args.max_tokens,
+                self.context
             );
         }
         let mut sampler = Sampler::new(sampling(&self.args, self.seed))?;
@@ -309,12 +353,10 @@ pub fn device(d: DeviceArg) -> Result<Device> {
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.
 fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) -> Result<()> {
-    use osstune_train::{adapters::Adapters, trainer};
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
-    let shapes = trainer::target_shapes(model);
-    let ad = Adapters::load(dir, &shapes, &trainer::base_info(model), device)
+    osstune_model::lora::file::attach_dir(model, dir, device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
-    trainer::attach(model, &ad).with_context(|| format!("attaching adapter {}", dir.display()))
+    Ok(())
 }

@@ -31,6 +31,9 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "mxfp4")]
     pub experts: ExpertsArg,
+    /// Write into --out even if it exists (same-named files are replaced).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -42,6 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         ExpertsArg::Mxfp4 => ExpertFormat::Mxfp4,
         ExpertsArg::Dense => ExpertFormat::Dense,
     };
+    super::out_guard::check_output(&args.out, &[], args.overwrite)?;
     let n = write_tiny(&args.out, preset, args.seed, experts)?;
     println!(
         "wrote {} ({} parameters, seed {})",

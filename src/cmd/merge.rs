@@ -1,6 +1,6 @@
 //! `osstune merge`: fold an adapter into its base and write a full checkpoint.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use osstune_merge::{merge, Dtype, Format, MergeOptions, VerifyOptions};
 use std::path::PathBuf;
 
@@ -56,6 +56,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.max_shard_mb == 0 {
+        bail!("--max-shard-mb must be ≥ 1");
+    }
+    if let Some(t) = args.verify_tol {
+        osstune_merge::verify::check_tolerance(t)?;
+    }
     let format = match args.format {
         FormatArg::Hf => Format::Hf,
         FormatArg::HfMxfp4 => Format::HfMxfp4,
@@ -72,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
         out: args.out.clone(),
         format,
         dtype,
-        max_shard_bytes: args.max_shard_mb.max(1) * 1_000_000,
+        max_shard_bytes: args.max_shard_mb.saturating_mul(1_000_000),
         base_fingerprint: None,
         progress: !args.quiet,
         verify: args.verify.then_some(VerifyOptions {

@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use osstune_train::config::TrainConfig;
-use osstune_train::trainer::{Outcome, RunOptions, Trainer};
+use osstune_train::run_dir::{self, RunLock};
+use osstune_train::trainer::{Outcome, RunOptions, StartOptions, Trainer};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -45,6 +46,15 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Replace the training run already in --out (its checkpoints, metrics and adapters).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// With --resume: continue even though train.jsonl / valid.jsonl changed.
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
+    /// Start even when the predicted peak memory (--plan) exceeds the available memory.
+    #[arg(long)]
+    skip_memory_check: bool,
 }
 
 fn overrides(a: &Args) -> Vec<String> {
@@ -91,9 +101,32 @@ pub fn run(a: Args) -> Result<()> {
         print!("{}", p.render());
         return Ok(());
     }
+    // The run folder first (cheap): one process at a time, and never over a previous run
+    // by accident. The lock is held until this function returns (or the process ends).
+    let out = cfg
+        .train
+        .out
+        .clone()
+        .context("no output folder: set train.out in the config or pass --out")?;
+    let _lock = RunLock::acquire(&out)?;
+    if !a.resume {
+        let removed = run_dir::prepare_fresh(&out, a.overwrite)?;
+        if !removed.is_empty() {
+            eprintln!(
+                "--overwrite: removed {} from {}",
+                removed.join(", "),
+                out.display()
+            );
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     osstune_train::trainer::install_ctrlc(stop.clone())?;
-    let mut trainer = Trainer::new(cfg, a.resume)?;
+    let start = StartOptions {
+        resume: a.resume,
+        allow_data_change: a.allow_data_change,
+        skip_memory_check: a.skip_memory_check,
+    };
+    let mut trainer = Trainer::start(cfg, &start)?;
     eprintln!(
         "training {} LoRA parameters ({} tensors) for {} steps",
         trainer.adapters.num_params(),
@@ -121,6 +154,11 @@ pub fn run(a: Args) -> Result<()> {
                 "stopped at step {step}; continue with the same command plus --resume ({})",
                 s.out.display()
             );
+            // 130 = 128 + SIGINT, as a shell reports a Ctrl-C'd command, so scripts can tell
+            // an interrupted run (its checkpoint is saved) from a finished one.
+            drop(trainer);
+            drop(_lock);
+            std::process::exit(130);
         }
     }
     Ok(())

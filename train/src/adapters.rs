@@ -10,13 +10,14 @@ use crate::config::TrainConfig;
 use crate::rng::{SplitMix64, PURPOSE_INIT};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use osstune_model::lora::file::read_adapter;
 use osstune_model::{LoraTarget, Target};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 
-pub const WEIGHTS_FILE: &str = "adapters.safetensors";
-pub const CONFIG_FILE: &str = "adapter_config.json";
+pub use osstune_model::lora::file::{
+    factor_shapes, read_config, read_safetensors, safetensors_bytes, AdapterConfig, BaseModelInfo,
+    CONFIG_FILE, WEIGHTS_FILE,
+};
 
 /// One adaptable projection of the base model (a site of `osstune_model`'s target registry).
 pub type TargetShape = LoraTarget;
@@ -27,33 +28,6 @@ pub struct LoraPair {
     pub shape: TargetShape,
     pub a: Var,
     pub b: Var,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BaseModelInfo {
-    pub model_type: String,
-    pub fingerprint: String,
-    pub num_hidden_layers: usize,
-    pub hidden_size: usize,
-    pub num_local_experts: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AdapterConfig {
-    pub format: String,
-    pub version: u32,
-    pub rank: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub targets: Vec<String>,
-    pub layers: Vec<usize>,
-    pub base_model: BaseModelInfo,
-}
-
-impl AdapterConfig {
-    pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
 }
 
 /// The trainable adapter set, in registry order (see `select_targets`).
@@ -177,60 +151,30 @@ impl Adapters {
         )
     }
 
-    /// Loads adapters saved by `save`, checking them against the base model: the fingerprint
-    /// must match and every tensor must have the shape the base implies.
+    /// Loads adapters saved by `save`, checked against the base (see
+    /// `osstune_model::lora::file::read_adapter`).
     pub fn load(
         dir: &Path,
         all: &[TargetShape],
         base: &BaseModelInfo,
         device: &Device,
     ) -> Result<Self> {
-        let config = read_config(dir)?;
-        if config.base_model.fingerprint != base.fingerprint {
-            bail!(
-                "adapter {} was trained on base model {} (fingerprint {}), but this base is {} \
-                 (fingerprint {}): refusing to apply it to a different model",
-                dir.display(),
-                describe(&config.base_model),
-                config.base_model.fingerprint,
-                describe(base),
-                base.fingerprint
-            );
-        }
-        let path = dir.join(WEIGHTS_FILE);
-        let mut tensors = read_safetensors(&path, device)?;
-        let mut pairs = Vec::new();
-        let n_layers = base.num_hidden_layers;
-        let shapes = select_targets(all, &config.targets, 0, n_layers)?
+        let ad = read_adapter(dir, all, base, device)?;
+        let pairs = ad
+            .factors
             .into_iter()
-            .filter(|s| !s.target.per_layer() || config.layers.contains(&s.layer));
-        for s in shapes {
-            let (a_shape, b_shape) = factor_shapes(&s, config.rank);
-            let mut take = |suffix: &str, want: &[usize]| -> Result<Var> {
-                let name = format!("{}.{suffix}", s.name);
-                let t = tensors
-                    .remove(&name)
-                    .with_context(|| format!("{}: missing tensor {name}", path.display()))?;
-                if t.dims() != want {
-                    bail!(
-                        "{}: tensor {name} has shape {:?}, expected {want:?}",
-                        path.display(),
-                        t.dims()
-                    );
-                }
-                Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?)
-            };
-            let a = take("lora_a", &a_shape)?;
-            let b = take("lora_b", &b_shape)?;
-            pairs.push(LoraPair { shape: s, a, b });
-        }
-        if let Some(extra) = tensors.keys().next() {
-            bail!(
-                "{}: unexpected tensor {extra} (not a target of adapter_config.json)",
-                path.display()
-            );
-        }
-        Ok(Self { config, pairs })
+            .map(|(shape, a, b)| {
+                Ok(LoraPair {
+                    shape,
+                    a: Var::from_tensor(&a)?,
+                    b: Var::from_tensor(&b)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: ad.config,
+            pairs,
+        })
     }
 
     /// Copies values from another adapter set with the same layout (resume).
@@ -249,13 +193,6 @@ impl Adapters {
     }
 }
 
-fn describe(b: &BaseModelInfo) -> String {
-    format!(
-        "{} with {} layers, hidden {}, {} experts",
-        b.model_type, b.num_hidden_layers, b.hidden_size, b.num_local_experts
-    )
-}
-
 fn layer_list(pairs: &[LoraPair]) -> Vec<usize> {
     let mut l: Vec<usize> = pairs
         .iter()
@@ -265,117 +202,4 @@ fn layer_list(pairs: &[LoraPair]) -> Vec<usize> {
     l.sort();
     l.dedup();
     l
-}
-
-/// (A shape, B shape) per design.md §2.
-pub fn factor_shapes(s: &TargetShape, r: usize) -> (Vec<usize>, Vec<usize>) {
-    match s.experts {
-        Some(e) => (vec![e, r, s.in_dim], vec![e, s.out_dim, r]),
-        None => (vec![r, s.in_dim], vec![s.out_dim, r]),
-    }
-}
-
-pub fn read_config(dir: &Path) -> Result<AdapterConfig> {
-    let p = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let c: AdapterConfig =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-    if c.format != "osstune-lora" {
-        bail!(
-            "{}: format is {:?}, expected \"osstune-lora\" (use `osstune adapters import` for PEFT/mlx-lm adapters)",
-            p.display(),
-            c.format
-        );
-    }
-    if c.version != 1 {
-        bail!("{}: unsupported version {}", p.display(), c.version);
-    }
-    if c.rank == 0 {
-        bail!("{}: rank 0", p.display());
-    }
-    Ok(c)
-}
-
-/// Serialises f32 tensors to safetensors bytes (names kept in the given order's set).
-pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
-    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
-    for (n, t) in tensors {
-        let v: Vec<f32> = t
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()
-            .with_context(|| format!("reading tensor {n}"))?;
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        data.push((n.clone(), bytes, t.dims().to_vec()));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(n, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .with_context(|| format!("tensor {n}"))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::tensor::serialize(views, None).context("serialising safetensors")
-}
-
-/// Reads every tensor of a safetensors file (f32, bf16 or f16 → kept in its dtype).
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let raw = view.data();
-        let t = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                let v: Vec<f32> = raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                Tensor::from_vec(v, shape, device)?
-            }
-            safetensors::Dtype::BF16 => {
-                let v: Vec<f32> = raw
-                    .chunks_exact(2)
-                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                    .collect();
-                Tensor::from_vec(v, shape, device)?
-            }
-            safetensors::Dtype::F16 => {
-                let v: Vec<f32> = raw
-                    .chunks_exact(2)
-                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                    .collect();
-                Tensor::from_vec(v, shape, device)?
-            }
-            d => bail!(
-                "{}: tensor {name} has unsupported dtype {d:?}",
-                path.display()
-            ),
-        };
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let man = (h & 0x3ff) as u32;
-    let bits = if exp == 0 {
-        if man == 0 {
-            sign
-        } else {
-            // Subnormal: value = man · 2^-24.
-            let v = man as f32 * (2f32).powi(-24);
-            return if sign != 0 { -v } else { v };
-        }
-    } else if exp == 31 {
-        sign | 0x7f80_0000 | (man << 13)
-    } else {
-        sign | (((exp - 15 + 127) as u32) << 23) | (man << 13)
-    };
-    f32::from_bits(bits)
 }

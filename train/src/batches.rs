@@ -41,6 +41,8 @@ pub struct ReadStats {
     pub truncated: usize,
     /// Samples without any trained token (after truncation): they would only cost time.
     pub dropped_untrained: usize,
+    /// Tokens of the longest sample before truncation.
+    pub longest: usize,
 }
 
 /// Reads a samples JSONL file. Samples longer than `max_seq_len` keep their first
@@ -89,6 +91,7 @@ pub fn read_samples(
             input_ids: s.input_ids,
             loss_mask: s.loss_mask,
         };
+        stats.longest = stats.longest.max(sample.input_ids.len());
         if sample.input_ids.len() > max_seq_len {
             sample.input_ids.truncate(max_seq_len);
             sample.loss_mask.truncate(max_seq_len);

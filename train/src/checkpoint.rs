@@ -28,6 +28,10 @@ pub struct TrainState {
     pub config_toml: String,
     /// Last train loss (for the report after resume).
     pub last_loss: Option<f64>,
+    /// sha256 of the run's train.jsonl + valid.jsonl (`preflight::data_fingerprint`);
+    /// absent in checkpoints written before it existed.
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
 }
 
 /// Writes `bytes` to `path` via `path.tmp` + fsync + rename.
@@ -170,6 +174,7 @@ mod tests {
             elapsed_s: 0.0,
             config_toml: String::new(),
             last_loss: None,
+            data_fingerprint: None,
         }
     }
 

@@ -9,6 +9,10 @@ use osstune_model::Target;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Upper bound of `train.threads` / `--threads`: more threads than this only cost time
+/// spawning them.
+pub const MAX_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -52,7 +56,8 @@ impl Default for ModelSection {
 pub struct DataSection {
     /// Folder holding `train.jsonl` and `valid.jsonl` (written by `osstune data convert`).
     pub path: Option<PathBuf>,
-    /// Samples longer than this are truncated (their tail is dropped).
+    /// Longest sample in tokens; a data folder with longer samples is refused (convert it
+    /// with `osstune data convert --max-seq-len` of the same value).
     pub max_seq_len: usize,
 }
 
@@ -104,8 +109,8 @@ pub struct TrainSection {
     pub out: Option<PathBuf>,
     /// Validate every N steps (plus at start and end); 0 = only start and end.
     pub val_every: usize,
-    /// Validation samples used (0 = the whole valid.jsonl).
-    pub val_samples: usize,
+    /// Validation samples used: absent = the whole valid.jsonl, 0 = no validation.
+    pub val_samples: Option<usize>,
     /// Checkpoint every N steps (plus at the end); 0 = only at the end.
     pub save_every: usize,
     /// Sequence positions per chunk of the lm_head + cross-entropy (bounds logits memory).
@@ -127,7 +132,7 @@ impl Default for TrainSection {
             seed: 42,
             out: None,
             val_every: 10,
-            val_samples: 0,
+            val_samples: None,
             save_every: 10,
             loss_chunk: 256,
             activation_checkpointing: false,
@@ -186,6 +191,18 @@ impl TrainConfig {
         }
         if self.data.max_seq_len < 2 {
             bail!("data.max_seq_len must be ≥ 2");
+        }
+        if t.threads > MAX_THREADS {
+            bail!(
+                "train.threads = {} is more than {MAX_THREADS} (0 = one per core)",
+                t.threads
+            );
+        }
+        if t.steps == 0 {
+            bail!("train.steps must be > 0");
+        }
+        if !(l.alpha.is_finite() && l.alpha > 0.0) {
+            bail!("lora.alpha must be a finite number > 0, got {}", l.alpha);
         }
         if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
             bail!("train.grad_clip must be >= 0, got {}", t.grad_clip);

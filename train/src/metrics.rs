@@ -25,6 +25,8 @@ pub enum Record {
         loss: f64,
         trained_tokens: usize,
     },
+    /// A `--resume` at `step` that changed these config values (`key: old -> new`).
+    Resume { step: usize, changes: Vec<String> },
 }
 
 pub struct MetricsLog {
@@ -76,7 +78,9 @@ impl MetricsLog {
 
 fn record_step(r: &Record) -> usize {
     match r {
-        Record::Train { step, .. } | Record::Valid { step, .. } => *step,
+        Record::Train { step, .. } | Record::Valid { step, .. } | Record::Resume { step, .. } => {
+            *step
+        }
     }
 }
 

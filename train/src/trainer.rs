@@ -10,12 +10,14 @@
 //! checkpointing's recompute draw the same masks, and validation never sees dropout.
 
 use crate::adapters::{select_targets, Adapters, BaseModelInfo, TargetShape};
-use crate::batches::{read_samples, sequential_batches, Batcher, MicroBatch};
+use crate::batches::{sequential_batches, Batcher, MicroBatch};
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::loss::{self, BatchTensors};
 use crate::metrics::{read_records, write_loss_svg, MetricsLog, Record};
+use crate::preflight::{self, TrainData};
 use crate::recompute;
+use crate::resume;
 use crate::rng::{SplitMix64, PURPOSE_DROPOUT};
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
@@ -32,14 +34,7 @@ use std::time::Instant;
 pub use osstune_model::device::{parse_device, parse_dtype};
 
 pub fn base_info(model: &GptOss) -> BaseModelInfo {
-    let c = &model.cfg;
-    BaseModelInfo {
-        model_type: c.model_type.clone(),
-        fingerprint: c.fingerprint(),
-        num_hidden_layers: c.num_hidden_layers,
-        hidden_size: c.hidden_size,
-        num_local_experts: c.num_local_experts,
-    }
+    BaseModelInfo::of(model)
 }
 
 /// Every adaptable projection of `model` as a [`TargetShape`].
@@ -176,11 +171,35 @@ pub struct Trainer {
     pub valid: Vec<MicroBatch>,
     pub out: PathBuf,
     pub state: TrainState,
+    /// Config changes made on `--resume` (see `resume.rs`), recorded in metrics.jsonl.
+    pub resume_changes: Vec<String>,
+}
+
+/// How `Trainer::start` treats the run folder's past and the machine.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    pub resume: bool,
+    /// Resume even though train.jsonl / valid.jsonl changed since the checkpoint.
+    pub allow_data_change: bool,
+    /// Start even when `--plan` predicts more memory than is available.
+    pub skip_memory_check: bool,
 }
 
 impl Trainer {
     /// Loads the model and data, creates (or, with `resume`, restores) adapters and optimizer.
     pub fn new(cfg: TrainConfig, resume: bool) -> Result<Self> {
+        Self::start(
+            cfg,
+            &StartOptions {
+                resume,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As `new`: the cheap checks (config.json, data, LoRA shape, memory; see `preflight`)
+    /// come before the base model is loaded.
+    pub fn start(cfg: TrainConfig, opts: &StartOptions) -> Result<Self> {
         let model_dir = cfg
             .model
             .path
@@ -196,43 +215,47 @@ impl Trainer {
             .out
             .clone()
             .context("no output folder: set train.out in the config or pass --out")?;
+        cfg.validate()?;
+        let mc = osstune_model::Config::from_model_dir(&model_dir)?;
+        let data = preflight::load_data(&cfg, &data_dir, mc.vocab_size)?;
+        preflight::check_lora_shape(&cfg, &mc)?;
+        if !opts.skip_memory_check {
+            preflight::check_memory(&cfg, &model_dir)?;
+        }
         let device = parse_device(&cfg.model.device)?;
         let dtype = parse_dtype(&cfg.model.dtype)?;
         let model = GptOss::load(&model_dir, &device, dtype)
             .with_context(|| format!("loading base model {}", model_dir.display()))?;
-        Self::from_model(cfg, model, &data_dir, &out, resume)
+        Self::from_parts(cfg, model, data, &out, opts)
     }
 
     /// As `new`, with an already loaded base model.
     pub fn from_model(
         cfg: TrainConfig,
-        mut model: GptOss,
+        model: GptOss,
         data_dir: &Path,
         out: &Path,
         resume: bool,
     ) -> Result<Self> {
         cfg.validate()?;
-        let vocab = model.cfg.vocab_size;
-        let max_len = cfg.data.max_seq_len;
-        let (train, st) = read_samples(&data_dir.join("train.jsonl"), max_len, vocab)?;
-        if st.truncated > 0 || st.dropped_untrained > 0 {
-            eprintln!(
-                "train.jsonl: {} samples ({} truncated to {max_len} tokens, {} without trained tokens skipped)",
-                st.kept, st.truncated, st.dropped_untrained
-            );
-        }
-        let valid_path = data_dir.join("valid.jsonl");
-        let valid = if valid_path.exists() {
-            let (mut v, _) = read_samples(&valid_path, max_len, vocab)?;
-            if cfg.train.val_samples > 0 {
-                v.truncate(cfg.train.val_samples);
-            }
-            sequential_batches(&v, cfg.train.micro_batch)
-        } else {
-            eprintln!("{}: not found, no validation", valid_path.display());
-            Vec::new()
+        let data = preflight::load_data(&cfg, data_dir, model.cfg.vocab_size)?;
+        preflight::check_lora_shape(&cfg, &model.cfg)?;
+        let opts = StartOptions {
+            resume,
+            ..Default::default()
         };
-        let batcher = Batcher::new(train, cfg.train.seed, cfg.train.micro_batch)?;
+        Self::from_parts(cfg, model, data, out, &opts)
+    }
+
+    fn from_parts(
+        cfg: TrainConfig,
+        mut model: GptOss,
+        data: TrainData,
+        out: &Path,
+        opts: &StartOptions,
+    ) -> Result<Self> {
+        let valid = sequential_batches(&data.valid, cfg.train.micro_batch);
+        let batcher = Batcher::new(data.train, cfg.train.seed, cfg.train.micro_batch)?;
 
         let all = target_shapes(&model);
         let shapes = select_targets(
@@ -259,9 +282,11 @@ impl Trainer {
             elapsed_s: 0.0,
             config_toml,
             last_loss: None,
+            data_fingerprint: Some(data.fingerprint.clone()),
         };
         let mut batcher = batcher;
-        if resume {
+        let mut resume_changes = Vec::new();
+        if opts.resume {
             let dir = checkpoint::latest(out)?.with_context(|| {
                 format!(
                     "--resume: no checkpoint in {}",
@@ -269,15 +294,25 @@ impl Trainer {
                 )
             })?;
             let saved = checkpoint::load_state(&dir)?;
-            check_resume_config(&saved.config_toml, &state.config_toml, &dir)?;
+            resume_changes = resume::allowed_changes(&saved.config_toml, &state.config_toml, &dir)?;
+            resume::check_data(
+                saved.data_fingerprint.as_deref(),
+                &data.fingerprint,
+                &dir,
+                opts.allow_data_change,
+            )?;
             let loaded = Adapters::load(&dir, &all, &adapters.config.base_model, &model.device)?;
             adapters.assign_from(&loaded)?;
             opt.load(dir.join("optimizer"))
                 .with_context(|| format!("restoring the optimizer from {}", dir.display()))?;
             batcher.cursor = saved.cursor;
             eprintln!("resuming from {} (step {})", dir.display(), saved.step);
+            for c in &resume_changes {
+                eprintln!("  changed on resume: {c}");
+            }
             state = TrainState {
                 config_toml: state.config_toml,
+                data_fingerprint: state.data_fingerprint,
                 ..saved
             };
         }
@@ -293,6 +328,7 @@ impl Trainer {
             valid,
             out: out.to_path_buf(),
             state,
+            resume_changes,
         })
     }
 
@@ -412,6 +448,12 @@ impl Trainer {
         let total = self.cfg.train.steps;
         let resumed_at = opts.resume.then_some(self.state.step);
         let log = MetricsLog::open(&self.out, resumed_at)?;
+        if resumed_at.is_some() && !self.resume_changes.is_empty() {
+            log.push(&Record::Resume {
+                step: self.state.step,
+                changes: self.resume_changes.clone(),
+            })?;
+        }
         let mut first_valid = None;
         let mut last_valid = None;
         if self.state.step == 0 {
@@ -528,26 +570,4 @@ impl Trainer {
 pub fn dropout_seed(cfg: &TrainConfig, step: usize, micro: usize) -> u64 {
     let index = step as u64 * cfg.train.grad_accum as u64 + micro as u64;
     SplitMix64::derive(cfg.train.seed, PURPOSE_DROPOUT, index).next_u64()
-}
-
-/// A resumed run must train the same thing: everything but paths and `train.steps` must be
-/// unchanged (changing `steps` changes the schedule, so the run is no longer the same run,
-/// but extending a finished run is legitimate).
-fn check_resume_config(saved: &str, now: &str, dir: &Path) -> Result<()> {
-    let norm = |s: &str| -> Result<TrainConfig> {
-        let mut c: TrainConfig = toml::from_str(s).context("parsing a saved config")?;
-        c.model.path = None;
-        c.data.path = None;
-        c.train.out = None;
-        c.train.steps = 0;
-        Ok(c)
-    };
-    if norm(saved)? != norm(now)? {
-        bail!(
-            "--resume: the config differs from the one checkpoint {} was trained with \
-             (only paths and train.steps may change); saved config:\n{saved}",
-            dir.display()
-        );
-    }
-    Ok(())
 }

@@ -68,6 +68,7 @@ fn resume_is_bit_identical() {
             .map(|r| match r {
                 Record::Train { step, loss, .. } => (step, loss),
                 Record::Valid { step, loss, .. } => (step + 1000, loss),
+                Record::Resume { step, .. } => (step + 2000, 0.0),
             })
             .collect()
     };

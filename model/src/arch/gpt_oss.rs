@@ -1,4 +1,4 @@
-//! The gpt-oss decoder (spec §1.2): embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x)))
+//! The gpt-oss decoder (docs/gpt-oss.md §1.2): embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x)))
 //! → RMSNorm → untied lm_head. Loading lives in `load.rs`.
 
 use crate::arch::attention::{Attention, LayerCache};

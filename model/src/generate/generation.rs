@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use std::time::Instant;
 
-/// `<|return|>`: the assistant is done (spec §5.1; EOS in config.json).
+/// `<|return|>`: the assistant is done (docs/gpt-oss.md §5.1; EOS in config.json).
 pub const RETURN: u32 = 200002;
 /// `<|call|>`: the assistant handed a tool call to the caller.
 pub const CALL: u32 = 200012;

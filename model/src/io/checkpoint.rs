@@ -42,6 +42,7 @@ fn open_file(path: &Path) -> Result<MmapedSafetensors> {
     if !path.exists() {
         bail!("missing file {}", path.display());
     }
+    crate::io::tensor_bounds::check_file(path)?;
     // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
     // truncating it while the model is alive.
     unsafe { MmapedSafetensors::new(path) }

@@ -1,6 +1,6 @@
 //! Loading a checkpoint directory into `GptOss`.
 //!
-//! Layouts (spec §2): HF with MXFP4 experts (`*_blocks`/`*_scales`, rows interleaved
+//! Layouts (docs/gpt-oss.md §2): HF with MXFP4 experts (`*_blocks`/`*_scales`, rows interleaved
 //! gate/up), HF with dense experts (`gate_up_proj [E, H, 2I]`, `down_proj [E, I, H]`,
 //! transposed relative to nn.Linear), and MLX (split `gate_proj`/`up_proj`/`down_proj`
 //! SwitchLinear `[E, out, in]`, optionally `mxfp4`/`affine` quantized, with `.scales` and for

@@ -4,4 +4,5 @@
 pub mod checkpoint;
 pub mod layout;
 pub mod load;
+pub mod tensor_bounds;
 pub mod tiny;

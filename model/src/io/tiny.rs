@@ -1,9 +1,9 @@
 //! Seeded random gpt-oss-shaped checkpoints in the Hugging Face layout (`osstune init-tiny`).
 //!
 //! Presets: `tiny` (real o200k_harmony vocabulary size, hidden 64, 4 layers, 8 experts top-2,
-//! sliding window 32, bf16 like the released checkpoints) and `bench` (the shapes of
-//! ../shared/anchors/make_tiny.py "bench": hidden 512, 4 layers, 8/2 heads, head_dim 64,
-//! 16 experts top-4, intermediate 512, vocab 8192, window 128, f32). Weights are N(0, 0.02)
+//! sliding window 32, bf16 like the released checkpoints) and `bench` (the shapes of the
+//! transformers + PEFT anchor benchmark's "bench" model: hidden 512, 4 layers, 8/2 heads,
+//! head_dim 64, 16 experts top-4, intermediate 512, vocab 8192, window 128, f32). Weights are N(0, 0.02)
 //! like transformers' `_init_weights`, but biases and sinks are drawn too (small), so every
 //! code path carries signal. Experts are written MXFP4-packed (`*_blocks`/`*_scales`) or
 //! dense (`gate_up_proj [E, H, 2I]` interleaved, `down_proj [E, I, H]`).

@@ -78,7 +78,7 @@ pub fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
 }
 
 /// RMSNorm of the rows of `x` with weight `w` `[H]`, computed in f32 and cast back to `x`'s
-/// dtype (spec §1.3).
+/// dtype (docs/gpt-oss.md §1.3).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     match backend(&[x, w]) {
         Some(Backend::Cpu) => cpu::ops::rms_norm(x, w, eps),
@@ -109,7 +109,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
     }
 }
 
-/// gpt-oss's clamped SwiGLU on `u [n, 2I]` (gate columns, then up columns, spec §1.6):
+/// gpt-oss's clamped SwiGLU on `u [n, 2I]` (gate columns, then up columns, docs/gpt-oss.md §1.6):
 /// `min(g, L)·σ(α·min(g, L))·(clamp(u, ±L) + 1)`.
 pub fn swiglu(u: &Tensor, limit: f64, alpha: f64) -> CResult<Tensor> {
     let u = u.contiguous()?;
@@ -121,7 +121,7 @@ pub fn swiglu(u: &Tensor, limit: f64, alpha: f64) -> CResult<Tensor> {
 
 /// `scores [B, H, T, Tk]` (unmasked), `sinks [H]` → attention probabilities over the keys
 /// under `mask`, softmax taken with the learned sink as an extra column which is then
-/// dropped (spec §1.4).
+/// dropped (docs/gpt-oss.md §1.4).
 pub fn masked_sink_softmax(scores: &Tensor, sinks: &Tensor, mask: CausalMask) -> CResult<Tensor> {
     let scores = scores.contiguous()?;
     match backend(&[&scores, sinks]) {

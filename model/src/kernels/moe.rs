@@ -1,5 +1,5 @@
 //! The MoE's expert half behind one dispatch point: token dispatch, the expert projections
-//! with their LoRA, SwiGLU and the weighted combine (spec §1.6), plus `dispatch` and
+//! with their LoRA, SwiGLU and the weighted combine (docs/gpt-oss.md §1.6), plus `dispatch` and
 //! `combine` as ops of their own. Routing (router, top-k) stays in `arch/moe.rs`; it hands
 //! over, per expert, the routing slots (token·k + j) it serves.
 

@@ -1,4 +1,4 @@
-//! MLX quantized modules (spec §2.5): which modules are quantized and how, and affine
+//! MLX quantized modules (docs/gpt-oss.md §2.5): which modules are quantized and how, and affine
 //! dequantization.
 //!
 //! A module is quantized iff `{path}.scales` exists. Its parameters come from the per-module
@@ -128,7 +128,7 @@ pub fn affine_dequantize(
     Ok(out)
 }
 
-/// MLX's affine quantizer (spec §2.5), for writing test checkpoints. Returns packed U32
+/// MLX's affine quantizer (docs/gpt-oss.md §2.5), for writing test checkpoints. Returns packed U32
 /// words (as bytes), scales and biases; `w` is `[rows, cols]`.
 pub fn affine_quantize(
     w: &[f32],

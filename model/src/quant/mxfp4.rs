@@ -140,7 +140,7 @@ fn encode_mlx(v: f32) -> u8 {
     }
 }
 
-/// Quantizes rows of `cols` values (cols a multiple of 32) with MLX's rule (spec §2.2):
+/// Quantizes rows of `cols` values (cols a multiple of 32) with MLX's rule (docs/gpt-oss.md §2.2):
 /// e = round(log2(amax/6)) clamped to [−127, 127]; returns (blocks, scales) bytes.
 pub fn quantize(w: &[f32], cols: usize) -> Result<(Vec<u8>, Vec<u8>)> {
     if !cols.is_multiple_of(32) || !w.len().is_multiple_of(cols.max(1)) {
@@ -169,7 +169,7 @@ pub fn quantize(w: &[f32], cols: usize) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Views MLX's packed U32 words (`[.., G·4]`, little-endian) as OpenAI blocks bytes
-/// (`[.., G, 16]`): the two layouts are the same bytes (spec §2.4).
+/// (`[.., G, 16]`): the two layouts are the same bytes (docs/gpt-oss.md §2.4).
 pub fn blocks_from_u32_bytes(bytes: &[u8], dims: &[usize]) -> Result<(Vec<u8>, Vec<usize>)> {
     let last = *dims.last().context("empty shape")?;
     if last % 4 != 0 {

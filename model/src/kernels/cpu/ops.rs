@@ -121,7 +121,7 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// RMSNorm of contiguous f32 rows (spec §1.3).
+/// RMSNorm of contiguous f32 rows (docs/gpt-oss.md §1.3).
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     x.apply_op2(w, RmsNorm { eps: eps as f32 })
 }
@@ -292,7 +292,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tens
 }
 
 // ---------------------------------------------------------------------------------------------
-// gpt-oss clamped SwiGLU on u = [gate | up] (spec §1.6)
+// gpt-oss clamped SwiGLU on u = [gate | up] (docs/gpt-oss.md §1.6)
 
 struct SwiGlu {
     limit: f32,
