@@ -4,7 +4,7 @@
 //! An op is
 //! - a reference composition of candle ops that runs on any device and dtype
 //!   ([`reference`]); it defines the op's values and gradients;
-//! - zero or more backends: today CPU f32 ([`cpu`]); [`cuda`] and [`metal`] are the places
+//! - zero or more backends: today CPU f32 (`cpu/`); [`cuda`] and [`metal`] are the places
 //!   for GPU kernels;
 //! - an eligibility rule: the shared [`backend`] rule (which backend family the tensors live
 //!   on) plus the op's own conditions (shapes, adapters), in its dispatch function below;
