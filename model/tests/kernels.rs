@@ -87,6 +87,28 @@ pub fn assert_grads(g: &GradStore, g_ref: &GradStore, xs: &[(&str, &Tensor)], to
 }
 
 #[test]
+fn backend_rule() {
+    use candle_core::DeviceLocation;
+    let dev = Device::Cpu;
+    let (x, w) = (randn(&[4, 6], 1, &dev), randn(&[6, 6], 2, &dev));
+    assert_eq!(kernels::backend(&[&x, &w]), Some(Backend::Cpu));
+    // Not contiguous, another dtype, mixed dtypes, nothing: only the reference applies.
+    assert_eq!(kernels::backend(&[&x.t().unwrap()]), None);
+    let x16 = x.to_dtype(DType::BF16).unwrap();
+    assert_eq!(kernels::backend(&[&x16]), None);
+    assert_eq!(kernels::backend(&[&x, &x16]), None);
+    assert_eq!(kernels::backend(&[]), None);
+    let cuda = DeviceLocation::Cuda { gpu_id: 0 };
+    assert_eq!(kernels::backend_at(cuda, DType::BF16), Some(Backend::Cuda));
+    assert_eq!(kernels::backend_at(DeviceLocation::Cpu, DType::F16), None);
+    // A non-contiguous input still gets the reference's values through the dispatch.
+    let xt = x.t().unwrap();
+    let got = kernels::softmax_last_dim(&xt).unwrap();
+    let want = reference::softmax_last_dim(&xt.contiguous().unwrap()).unwrap();
+    assert!(max_abs(&got, &want) < 1e-6);
+}
+
+#[test]
 fn small_ops_match_reference() {
     for dev in devices() {
         for rows in [37, 1] {

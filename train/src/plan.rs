@@ -32,7 +32,8 @@
 
 use crate::config::TrainConfig;
 use anyhow::{Context, Result};
-use candle_core::{DType, DeviceLocation};
+use candle_core::DeviceLocation;
+use osstune_model::device::parse_dtype;
 use osstune_model::kernels::{self, memory};
 use osstune_model::{Config, LoraTarget, Target};
 use std::path::Path;
@@ -163,26 +164,15 @@ fn weights_from_config(mc: &Config, elem: u64, mxfp4: bool) -> u64 {
     per_layer * mc.num_hidden_layers as u64 + embeddings
 }
 
-/// Where tensors on `device` ("cpu", "cuda[:N]" or "metal") live, for the kernels' backend rule.
-fn device_location(device: &str) -> DeviceLocation {
-    let gpu_id = device
-        .split_once(':')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or(0);
-    match device {
+/// Where tensors on `model.device` would live, for the kernels' backend rule (planning opens
+/// no device, so a GPU run can be planned on a machine without one).
+fn device_location(name: &str) -> Result<DeviceLocation> {
+    Ok(match name {
         "cpu" => DeviceLocation::Cpu,
-        d if d.starts_with("metal") => DeviceLocation::Metal { gpu_id },
-        _ => DeviceLocation::Cuda { gpu_id },
-    }
-}
-
-/// The compute dtype named in the config ("f32", "bf16" or "f16", checked at load).
-fn dtype_of(name: &str) -> DType {
-    match name {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        _ => DType::BF16,
-    }
+        "cuda" => DeviceLocation::Cuda { gpu_id: 0 },
+        "metal" => DeviceLocation::Metal { gpu_id: 0 },
+        _ => anyhow::bail!("model.device: unknown device {name:?} (cpu, cuda, metal)"),
+    })
 }
 
 /// Predicts the peak memory of training `cfg` on the model in `model_dir`.
@@ -250,8 +240,8 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let n_targets = chosen.iter().filter(|s| s.target.per_layer()).count() as u64;
     // What the kernels keep depends on the backend they pick for these tensors.
     let backend = kernels::backend_at(
-        device_location(&cfg.model.device),
-        dtype_of(&cfg.model.dtype),
+        device_location(&cfg.model.device)?,
+        parse_dtype(&cfg.model.dtype)?,
     );
     let attn_per_head = memory::attention_floats_per_row(backend, t);
     let moe_per_row = memory::moe_floats_per_routed_row(backend, h, i);

@@ -2,7 +2,7 @@
 //! causal mask with an optional sliding window of W keys including the query itself.
 
 use crate::arch::linear::Linear;
-use crate::kernels::{self, reference, AttentionShape, CausalMask};
+use crate::kernels::{self, AttentionShape, CausalMask};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -69,7 +69,7 @@ impl Attention {
             return self.o_proj.forward(&o);
         };
         // Cached decoding: the new keys join the cache, then the composition over all of them.
-        let (q, k, v) = reference::split_heads(&q, &k, &v, (cos, sin), shape)?;
+        let (q, k, v) = kernels::split_heads(&q, &k, &v, (cos, sin), shape)?;
         let (k, v) = match &c.kv {
             Some((pk, pv)) => (
                 Tensor::cat(&[pk, &k], 2)?.contiguous()?,
@@ -88,7 +88,7 @@ impl Attention {
             k0: offset + t - tk,
             window: self.window,
         };
-        let out = reference::attention_heads(&q, &k, &v, &self.sinks, shape, mask)?;
+        let out = kernels::attention_heads(&q, &k, &v, &self.sinks, shape, mask)?;
         self.o_proj.forward(&out)
     }
 }

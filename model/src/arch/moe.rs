@@ -6,8 +6,8 @@
 //! Only experts that received tokens run: their tokens are gathered (`index_select`), pushed
 //! through two contiguous matmuls, weighted and scattered back with one `index_add` (on the
 //! CPU: one fused op; see `kernels::moe_experts`). Expert LoRA deltas apply to the same
-//! gathered tokens. Everything is differentiable, so gradients reach router and expert LoRA weights; the routing indices
-//! themselves carry no gradient.
+//! gathered tokens. Everything is differentiable, so gradients reach router and expert LoRA
+//! weights; the routing indices themselves carry no gradient.
 
 use crate::arch::linear::Linear;
 use crate::error::NonFinite;

@@ -4,7 +4,7 @@
 //! An op is
 //! - a reference composition of candle ops that runs on any device and dtype
 //!   ([`reference`]); it defines the op's values and gradients;
-//! - zero or more backends: today CPU f32 ([`cpu`]); [`cuda`] and [`metal`] are the places
+//! - zero or more backends: today CPU f32 (`cpu/`); [`cuda`] and [`metal`] are the places
 //!   for GPU kernels;
 //! - an eligibility rule: the shared [`backend`] rule (which backend family the tensors live
 //!   on) plus the op's own conditions (shapes, adapters), in its dispatch function below;
@@ -99,9 +99,11 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
 /// `x [n, in] · wᵀ + b` for a constant `w [out, in]`: no gradient to `w` or `b` (candle's
 /// matmul backward would form the weight gradient, as expensive as the forward).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    let mut xs = vec![x, w];
-    xs.extend(b);
-    match backend(&xs) {
+    let rule = match b {
+        Some(b) => backend(&[x, w, b]),
+        None => backend(&[x, w]),
+    };
+    match rule {
         Some(Backend::Cpu) => cpu::ops::linear(x, w, b),
         _ => reference::linear(x, w, b),
     }
@@ -157,6 +159,33 @@ pub fn attention(
     }
 }
 
+/// Cached decoding's half of attention: the projections as heads `[B, H, T, D]` with RoPE on
+/// q and k (through [`rope`]), ready to join a KV cache.
+pub fn split_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    shape: AttentionShape,
+) -> CResult<(Tensor, Tensor, Tensor)> {
+    reference::split_heads(q, k, v, (cos, sin), shape)
+}
+
+/// Cached decoding's attention: rotated heads `q [B, Hq, T, D]` over the cached and new keys
+/// `k`/`v [B, Hkv, Tk, D]` → `[B, T, Hq·D]`. No backend has a kernel for it yet, so it is the
+/// reference composition (on [`masked_sink_softmax`]); the first one adds
+/// `match backend(&[q, k, v]) { .. }` here.
+pub fn attention_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    sinks: &Tensor,
+    shape: AttentionShape,
+    mask: CausalMask,
+) -> CResult<Tensor> {
+    reference::attention_heads(q, k, v, sinks, shape, mask)
+}
+
 /// A dense projection with its LoRA: `x Wᵀ + b + scale·(x Aᵀ) Bᵀ` for `x [m, in]`,
 /// `A [r, in]`, `B [out, r]`; gradients reach `x`, `A` and `B` (W and b are constants).
 pub fn lora_linear(
@@ -165,9 +194,11 @@ pub fn lora_linear(
     (a, b): (&Tensor, &Tensor),
     scale: f64,
 ) -> CResult<Tensor> {
-    let mut xs = vec![x, weight, a, b];
-    xs.extend(bias);
-    match backend(&xs) {
+    let rule = match bias {
+        Some(bias) => backend(&[x, weight, a, b, bias]),
+        None => backend(&[x, weight, a, b]),
+    };
+    match rule {
         Some(Backend::Cpu) => cpu::lora_linear::lora_linear(x, weight, bias, a, b, scale),
         _ => reference::lora_linear(x, (weight, bias), (a, b), scale),
     }
