@@ -48,6 +48,10 @@ pub struct ModelArgs {
     /// LoRA adapter directory (adapters.safetensors + adapter_config.json), applied unmerged.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Apply --adapter even though it was trained on a base with other weights (same
+    /// architecture, different content digest).
+    #[arg(long, requires = "adapter")]
+    pub allow_other_base: bool,
     /// 0 = greedy. Default as the gpt-oss recipe recommends.
     #[arg(long, default_value_t = 0.95)]
     pub temperature: f64,
@@ -182,7 +186,12 @@ impl Session {
         let tok = Tokenizer::from_model_dir(dir)
             .with_context(|| format!("loading the tokenizer for {}", dir.display()))?;
         if let Some(ad) = &args.adapter {
-            attach_adapter(&mut model, ad, &device)?;
+            let digest = if args.allow_other_base {
+                None
+            } else {
+                osstune_train::base_digest::content_digest(dir)?
+            };
+            attach_adapter(&mut model, ad, &device, digest)?;
         }
         Ok(Self {
             model,
@@ -363,13 +372,22 @@ pub fn device(d: DeviceArg) -> Result<Device> {
 }
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.
-fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) -> Result<()> {
+fn attach_adapter(
+    model: &mut GptOss,
+    dir: &std::path::Path,
+    device: &Device,
+    base_digest: Option<String>,
+) -> Result<()> {
     use osstune_train::{adapters::Adapters, trainer};
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
     let shapes = trainer::target_shapes(model);
-    let ad = Adapters::load(dir, &shapes, &trainer::base_info(model), device)
+    let base = osstune_train::adapters::BaseModelInfo {
+        content_digest: base_digest,
+        ..trainer::base_info(model)
+    };
+    let ad = Adapters::load(dir, &shapes, &base, device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
     trainer::attach(model, &ad).with_context(|| format!("attaching adapter {}", dir.display()))
 }
