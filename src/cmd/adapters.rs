@@ -51,9 +51,6 @@ pub enum AdaptersCommand {
         ids: Vec<u32>,
         #[arg(long)]
         out: PathBuf,
-        /// Apply the adapter even though it was trained on a base with other weights.
-        #[arg(long)]
-        allow_other_base: bool,
     },
 }
 
@@ -85,7 +82,6 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
                 num_hidden_layers: cfg.num_hidden_layers,
                 hidden_size: cfg.hidden_size,
                 num_local_experts: cfg.num_local_experts,
-                content_digest: osstune_train::base_digest::content_digest(&model)?,
             };
             import_checked(&from, &out, format, &base, &model)?;
             eprintln!("wrote osstune adapter to {}", out.display());
@@ -95,8 +91,7 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             adapter,
             ids,
             out,
-            allow_other_base,
-        } => logits(&model, adapter.as_deref(), &ids, &out, allow_other_base)?,
+        } => logits(&model, adapter.as_deref(), &ids, &out)?,
     }
     Ok(())
 }
@@ -153,7 +148,6 @@ fn logits(
     adapter: Option<&std::path::Path>,
     ids: &[u32],
     out: &std::path::Path,
-    allow_other_base: bool,
 ) -> Result<()> {
     use candle_core::{DType, Device, Tensor};
     use osstune_train::adapters::{safetensors_bytes, Adapters};
@@ -164,11 +158,7 @@ fn logits(
     let dev = Device::Cpu;
     let mut model = osstune_model::GptOss::load(model_dir, &dev, DType::F32)?;
     if let Some(a) = adapter {
-        let mut base = base_info(&model);
-        if !allow_other_base {
-            base.content_digest = osstune_train::base_digest::content_digest(model_dir)?;
-        }
-        let ad = Adapters::load(a, &target_shapes(&model), &base, &dev)?;
+        let ad = Adapters::load(a, &target_shapes(&model), &base_info(&model), &dev)?;
         attach(&mut model, &ad)?;
     }
     let x = Tensor::new(ids, &dev)?.unsqueeze(0)?;

@@ -48,10 +48,6 @@ pub struct ModelArgs {
     /// LoRA adapter directory (adapters.safetensors + adapter_config.json), applied unmerged.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Apply --adapter even though it was trained on a base with other weights (same
-    /// architecture, different content digest).
-    #[arg(long, requires = "adapter")]
-    pub allow_other_base: bool,
     /// 0 = greedy. Default as the gpt-oss recipe recommends.
     #[arg(long, default_value_t = 0.95)]
     pub temperature: f64,
@@ -186,12 +182,7 @@ impl Session {
         let tok = Tokenizer::from_model_dir(dir)
             .with_context(|| format!("loading the tokenizer for {}", dir.display()))?;
         if let Some(ad) = &args.adapter {
-            let digest = if args.allow_other_base {
-                None
-            } else {
-                osstune_train::base_digest::content_digest(dir)?
-            };
-            attach_adapter(&mut model, ad, &device, digest)?;
+            attach_adapter(&mut model, ad, &device)?;
         }
         Ok(Self {
             model,
@@ -372,22 +363,13 @@ pub fn device(d: DeviceArg) -> Result<Device> {
 }
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.
-fn attach_adapter(
-    model: &mut GptOss,
-    dir: &std::path::Path,
-    device: &Device,
-    base_digest: Option<String>,
-) -> Result<()> {
+fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) -> Result<()> {
     use osstune_train::{adapters::Adapters, trainer};
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
     let shapes = trainer::target_shapes(model);
-    let base = osstune_train::adapters::BaseModelInfo {
-        content_digest: base_digest,
-        ..trainer::base_info(model)
-    };
-    let ad = Adapters::load(dir, &shapes, &base, device)
+    let ad = Adapters::load(dir, &shapes, &trainer::base_info(model), device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
     trainer::attach(model, &ad).with_context(|| format!("attaching adapter {}", dir.display()))
 }

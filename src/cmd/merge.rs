@@ -1,6 +1,6 @@
 //! `osstune merge`: fold an adapter into its base and write a full checkpoint.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use osstune_merge::{merge, Dtype, Format, MergeOptions, VerifyOptions};
 use std::path::PathBuf;
 
@@ -53,21 +53,6 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Merge even though the adapter was trained on a base with other weights (same
-    /// architecture, different content digest).
-    #[arg(long)]
-    pub allow_other_base: bool,
-}
-
-/// The base content digest the adapter recorded (`base_model.content_digest`), if any.
-fn adapter_base_digest(adapter: &std::path::Path) -> Result<Option<String>> {
-    let p = adapter.join("adapter_config.json");
-    let Ok(text) = std::fs::read_to_string(&p) else {
-        return Ok(None); // the merge itself reports a missing or unreadable config
-    };
-    let j: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
-    Ok(j["base_model"]["content_digest"].as_str().map(String::from))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -76,15 +61,6 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(t) = args.verify_tol {
         osstune_merge::verify::check_tolerance(t)?;
-    }
-    if let Some(recorded) = adapter_base_digest(&args.adapter)? {
-        let base = osstune_train::base_digest::content_digest(&args.model)?;
-        osstune_train::base_digest::check(
-            Some(&recorded),
-            base.as_deref(),
-            &args.adapter,
-            args.allow_other_base,
-        )?;
     }
     let format = match args.format {
         FormatArg::Hf => Format::Hf,

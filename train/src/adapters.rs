@@ -46,10 +46,6 @@ pub struct BaseModelInfo {
     pub num_hidden_layers: usize,
     pub hidden_size: usize,
     pub num_local_experts: usize,
-    /// `base_digest::content_digest` of the base (absent in adapters from before it, and
-    /// when the caller does not know the base's folder).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -211,12 +207,6 @@ impl Adapters {
                 base.fingerprint
             );
         }
-        crate::base_digest::check(
-            config.base_model.content_digest.as_deref(),
-            base.content_digest.as_deref(),
-            dir,
-            false,
-        )?;
         let path = dir.join(WEIGHTS_FILE);
         let mut tensors = read_safetensors(&path, device)?;
         let mut pairs = Vec::new();

@@ -3,7 +3,6 @@
 
 pub mod adapter_checks;
 pub mod adapters;
-pub mod base_digest;
 pub mod batches;
 pub mod checkpoint;
 pub mod config;

@@ -56,8 +56,6 @@ pub fn base_info(model: &GptOss) -> BaseModelInfo {
         num_hidden_layers: c.num_hidden_layers,
         hidden_size: c.hidden_size,
         num_local_experts: c.num_local_experts,
-        // The folder is not known here; callers that know it set the digest.
-        content_digest: None,
     }
 }
 
@@ -261,11 +259,7 @@ impl Trainer {
         let dtype = parse_dtype(&cfg.model.dtype)?;
         let model = GptOss::load(&model_dir, &device, dtype)
             .with_context(|| format!("loading base model {}", model_dir.display()))?;
-        let digest = crate::base_digest::content_digest(&model_dir)?;
-        let mut t = Self::from_parts(cfg, model, data, &out, opts)?;
-        // Recorded in every adapter the run saves: generate / merge compare it.
-        t.adapters.config.base_model.content_digest = digest;
-        Ok(t)
+        Self::from_parts(cfg, model, data, &out, opts)
     }
 
     /// As `new`, with an already loaded base model.
