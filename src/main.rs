@@ -39,6 +39,9 @@ enum Command {
     /// Benchmarks (release builds): forward, train, optim, data, merge.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Evaluate: task suite with sandboxed code execution, agent-trace metrics, comparisons.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
 }
 
 fn execute(command: Command) -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Eval(c) => cmd::eval::run(c),
     }
 }
 

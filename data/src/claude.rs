@@ -1,4 +1,5 @@
-//! Claude Code transcripts: `~/.claude/projects/<project>/<session>.jsonl` (sessions.md §2).
+//! Claude Code transcripts: `~/.claude/projects/<project>/<session>.jsonl` (layout
+//! reverse-engineered in https://github.com/daaain/claude-code-log, claude_code_log/models.py).
 //!
 //! One content block per line; lines of one API response share `message.id`; the conversation
 //! is a `parentUuid` tree whose leaf→root path is what the model saw.
@@ -6,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::diag::{decode_utf8, Diag};
@@ -129,7 +130,7 @@ impl Pending {
 /// Read one JSONL transcript. A file may hold several sessions (resumed sessions repeat
 /// history: the converter deduplicates turns later). Returns sessions and bad-line count.
 pub fn read_jsonl(path: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<Session>, usize)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = diag.read_file(path)?;
     let mut lines: Vec<Value> = Vec::new();
     let mut bad = 0;
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -342,10 +343,11 @@ fn build(sid: &str, entries: &[Value], rel: &str, sidechain: bool) -> Session {
 
 /// Does this JSONL look like a Claude Code transcript? (first parseable object has the envelope)
 pub fn sniff(first_line: &str) -> bool {
-    serde_json::from_str::<Value>(first_line).is_ok_and(|v| {
-        v.get("type").is_some()
-            && (v.get("sessionId").is_some()
-                || v.get("leafUuid").is_some()
-                || v.get("uuid").is_some())
-    })
+    serde_json::from_str::<Value>(first_line).is_ok_and(|v| is_envelope(&v))
+}
+
+/// Does this parsed line carry Claude Code's envelope?
+pub fn is_envelope(v: &Value) -> bool {
+    v.get("type").is_some()
+        && (v.get("sessionId").is_some() || v.get("leafUuid").is_some() || v.get("uuid").is_some())
 }

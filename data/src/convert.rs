@@ -1,6 +1,6 @@
 //! `osstune data convert`: walk the inputs, read sessions, build samples, split, write.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -10,11 +10,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::diag::Diag;
+use crate::readers::Input;
 use crate::sample::{self, DropReason, FitReport, RenderCache, Sample, SampleOptions};
 use crate::session::{Session, Step};
 use crate::split::{split, SplitBy};
+use crate::tools;
 use crate::walk::{collect_units, InputFormat, Unit};
-use crate::{claude, opencode, tools};
 
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
@@ -30,6 +31,16 @@ pub struct ConvertOptions {
     pub include_subagents: bool,
     /// Declare every built-in tool of the harness, not only the ones the session used.
     pub declare_all_tools: bool,
+    /// Largest input file read, in MiB (`--max-file-mb`); larger files are reported and skipped.
+    pub max_file_mb: u64,
+    /// Record field holding the conversation in chat datasets (`--column`).
+    pub column: Option<String>,
+    /// Keep only samples whose target turn calls no tool outside this list (empty: no filter).
+    pub include_tools: Vec<String>,
+    /// Drop samples whose target turn calls any of these tools.
+    pub exclude_tools: Vec<String>,
+    /// Drop samples with fewer trained tokens than this.
+    pub min_turn_tokens: usize,
 }
 
 impl Default for ConvertOptions {
@@ -46,6 +57,11 @@ impl Default for ConvertOptions {
             strict: false,
             include_subagents: false,
             declare_all_tools: false,
+            max_file_mb: 2048,
+            column: None,
+            include_tools: Vec::new(),
+            exclude_tools: Vec::new(),
+            min_turn_tokens: 0,
         }
     }
 }
@@ -57,6 +73,16 @@ pub struct TokenStats {
     pub max: usize,
     pub total: usize,
     pub trained: usize,
+}
+
+/// Per input format (reader name) counts in `stats.json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FormatStats {
+    pub files: usize,
+    pub sessions: usize,
+    pub samples_kept: usize,
+    /// Samples dropped as duplicates of an earlier sample (of any format).
+    pub duplicates: usize,
 }
 
 /// `OUT/stats.json`.
@@ -76,6 +102,11 @@ pub struct Stats {
     pub truncated_tool_outputs: usize,
     pub dropped_context_turns: usize,
     pub tools_seen: BTreeMap<String, usize>,
+    /// Counts per input format (reader name: `opencode-storage`, `sharegpt`, `parquet`, …).
+    pub formats: BTreeMap<String, FormatStats>,
+    /// Duplicates whose first copy came from another input format (e.g. the same session read
+    /// from a storage tree and from an event capture).
+    pub duplicates_across_formats: usize,
     pub warnings: Vec<String>,
 }
 
@@ -119,6 +150,23 @@ impl Stats {
             self.dropped_context_turns,
             if tools.is_empty() { "none".to_string() } else { tools.join(", ") },
         );
+        if self.formats.len() > 1 || self.duplicates_across_formats > 0 {
+            let per: Vec<String> = self
+                .formats
+                .iter()
+                .map(|(k, f)| {
+                    format!(
+                        "{k} {} files / {} sessions / {} samples",
+                        f.files, f.sessions, f.samples_kept
+                    )
+                })
+                .collect();
+            s.push_str(&format!(
+                "\nformats: {}; duplicates across formats {}",
+                per.join(", "),
+                self.duplicates_across_formats
+            ));
+        }
         if !self.warnings.is_empty() {
             s.push_str(&format!(
                 "\n{} input problems (see stats.json):",
@@ -132,38 +180,43 @@ impl Stats {
     }
 }
 
-/// Read every unit into sessions; per-file problems are warnings (errors with `--strict`).
-pub fn read_sessions(units: &[Unit], diag: &mut Diag, stats: &mut Stats) -> Result<Vec<Session>> {
+/// Read every unit into sessions with its reader; per-file problems are warnings (errors with
+/// `--strict`).
+pub fn read_sessions(
+    units: &[Unit],
+    column: Option<&str>,
+    diag: &mut Diag,
+    stats: &mut Stats,
+) -> Result<Vec<Session>> {
     let mut sessions = Vec::new();
     for u in units {
-        let got = match u {
-            Unit::Storage { path, rel } => opencode::read_storage(path, rel, diag).map(|(s, n)| {
-                stats.files_read += n;
-                s
-            }),
-            Unit::Db { path, rel } => {
-                stats.files_read += 1;
-                opencode::read_db(path, rel, diag)
-            }
-            Unit::Export { path, rel } => {
-                stats.files_read += 1;
-                opencode::read_export(path, rel, diag)
-            }
-            Unit::Jsonl { path, rel } => {
-                stats.files_read += 1;
-                claude::read_jsonl(path, rel, diag).map(|(s, bad)| {
-                    stats.bad_lines += bad;
-                    s
-                })
-            }
+        let input = Input {
+            path: &u.path,
+            rel: &u.rel,
+            column,
         };
-        match got {
-            Ok(s) => sessions.extend(s),
+        let fs = stats
+            .formats
+            .entry(u.reader.name().to_string())
+            .or_default();
+        match u.reader.read(&input, diag) {
+            Ok(out) => {
+                stats.files_read += out.files;
+                stats.bad_lines += out.bad_records;
+                fs.files += out.files;
+                fs.sessions += out.sessions.len();
+                for mut s in out.sessions {
+                    s.reader = u.reader.name();
+                    sessions.push(s);
+                }
+            }
             Err(e) if !diag.strict => {
+                stats.files_read += 1;
+                fs.files += 1;
                 diag.warn(u.rel(), None, format!("{e:#}; skipped"))?;
                 stats.files_skipped += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.context(format!("{} ({})", u.rel, u.reader.name()))),
         }
     }
     Ok(sessions)
@@ -184,8 +237,34 @@ fn turn_key(sess: &Session, turn: usize) -> String {
     sample::hex_id(&refs)
 }
 
+/// `--include-tools`, `--exclude-tools`, `--min-turn-tokens`.
+fn filter(
+    sess: &Session,
+    turn: usize,
+    smp: Sample,
+    opts: &ConvertOptions,
+) -> Result<Sample, DropReason> {
+    let calls = sess.turns[turn].steps.iter().filter_map(|s| match s {
+        Step::Call { tool, .. } => Some(tool.as_str()),
+        _ => None,
+    });
+    let include = &opts.include_tools;
+    let exclude = &opts.exclude_tools;
+    for tool in calls {
+        let listed = |l: &Vec<String>| l.iter().any(|t| t == tool);
+        if listed(exclude) || (!include.is_empty() && !listed(include)) {
+            return Err(DropReason::ToolFilter);
+        }
+    }
+    if smp.n_trained < opts.min_turn_tokens {
+        return Err(DropReason::TooShort);
+    }
+    Ok(smp)
+}
+
 /// One session's samples (with their dedup keys), tool counts and fitting report.
 struct SessionOut {
+    reader: &'static str,
     turns: usize,
     samples: Vec<(String, Result<Sample, DropReason>)>,
     tools: BTreeMap<String, usize>,
@@ -214,16 +293,26 @@ fn session_samples(
             }
         }
     }
-    let decls = tools::declare(sess.format, &used);
+    // Schemas shipped with the data come first and win over built-in or inferred ones.
+    used.retain(|name, _| {
+        !sess
+            .declared_tools
+            .iter()
+            .any(|d| d.name == tools::sanitize_name(name))
+    });
+    let mut decls = sess.declared_tools.clone();
+    decls.extend(tools::declare(sess.format, &used));
     let mut fit = FitReport::default();
     let mut cache = RenderCache::default();
     let mut samples = Vec::with_capacity(sess.turns.len());
     for i in 0..sess.turns.len() {
         let res = sample::build(tok, sess, i, &decls, sopts, &mut fit, &mut cache)
-            .with_context(|| format!("{}: session {} turn {i}", sess.file, sess.id))?;
+            .with_context(|| format!("{}: session {} turn {i}", sess.file, sess.id))?
+            .and_then(|smp| filter(sess, i, smp, opts));
         samples.push((turn_key(sess, i), res));
     }
     Ok(SessionOut {
+        reader: sess.reader,
         turns: sess.turns.len(),
         samples,
         tools,
@@ -273,7 +362,8 @@ pub fn build_samples(
             })
             .collect()
     });
-    let mut seen = HashSet::new();
+    // Dedup key → the format of its first copy.
+    let mut seen: HashMap<String, &'static str> = HashMap::new();
     let mut out = Vec::new();
     let mut fit = FitReport::default();
     for r in results {
@@ -285,16 +375,26 @@ pub fn build_samples(
         for (tool, n) in so.tools {
             *stats.tools_seen.entry(tool).or_default() += n;
         }
+        let fs = stats.formats.entry(so.reader.to_string()).or_default();
         for (key, res) in so.samples {
-            let res = res.and_then(|s| {
-                if seen.insert(key) {
+            let res = res.and_then(|s| match seen.get(&key) {
+                None => {
+                    seen.insert(key, so.reader);
                     Ok(s)
-                } else {
+                }
+                Some(first) => {
+                    fs.duplicates += 1;
+                    if *first != so.reader {
+                        stats.duplicates_across_formats += 1;
+                    }
                     Err(DropReason::Duplicate)
                 }
             });
             match res {
-                Ok(s) => out.push(s),
+                Ok(s) => {
+                    fs.samples_kept += 1;
+                    out.push(s)
+                }
                 Err(r) => {
                     *stats
                         .samples_dropped
@@ -363,15 +463,21 @@ pub fn convert(tok: &Tokenizer, opts: &ConvertOptions) -> Result<Stats> {
             opts.max_seq_len
         );
     }
+    if opts.max_file_mb == 0 {
+        bail!("--max-file-mb must be at least 1");
+    }
     let mut diag = Diag::new(opts.strict);
+    diag.max_file_bytes = opts.max_file_mb.saturating_mul(1024 * 1024);
     let mut stats = Stats::default();
+    let column = opts.column.as_deref();
     let units = collect_units(
         &opts.inputs,
-        opts.format,
+        &opts.format,
+        column,
         &mut diag,
         &mut stats.files_skipped,
     )?;
-    let sessions = read_sessions(&units, &mut diag, &mut stats)?;
+    let sessions = read_sessions(&units, column, &mut diag, &mut stats)?;
     if sessions.is_empty() {
         let mut msg = format!(
             "no sessions could be read from {} ({} files read, {} skipped)",

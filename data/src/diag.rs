@@ -1,11 +1,22 @@
 //! Problems found in the input: reported with file and line, fatal only with `--strict`.
 
-use anyhow::{bail, Result};
+use std::path::Path;
 
-#[derive(Debug, Default)]
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug)]
 pub struct Diag {
     pub strict: bool,
     pub warnings: Vec<String>,
+    /// Largest file any reader may load (`--max-file-mb`); a file that grows past it while being
+    /// read is refused too.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Diag {
+    fn default() -> Self {
+        Self::new(false)
+    }
 }
 
 impl Diag {
@@ -13,7 +24,41 @@ impl Diag {
         Self {
             strict,
             warnings: Vec::new(),
+            max_file_bytes: u64::MAX,
         }
+    }
+
+    /// Read a whole input file: regular files only (a FIFO or device named `*.jsonl` would block
+    /// or never end), at most `max_file_bytes`. Errors name the path.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        use std::io::Read;
+        // Check before opening: opening a FIFO blocks until something writes to it.
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.len() > self.max_file_bytes {
+            bail!(
+                "{} is {} bytes, over the --max-file-mb limit of {} bytes",
+                path.display(),
+                meta.len(),
+                self.max_file_bytes
+            );
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.take(self.max_file_bytes.saturating_add(1))
+            .read_to_end(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if buf.len() as u64 > self.max_file_bytes {
+            bail!(
+                "{} grew past the --max-file-mb limit of {} bytes while being read",
+                path.display(),
+                self.max_file_bytes
+            );
+        }
+        Ok(buf)
     }
 
     /// Record a problem at `file[:line]`; with `--strict` it becomes the error.

@@ -10,6 +10,41 @@ use crate::sample::Sample;
 
 /// Load sample `index` (0-based line among non-empty lines) or the one with `id`.
 pub fn load_sample(path: &Path, index: usize, id: Option<&str>) -> Result<(Sample, usize)> {
+    find_sample(path, index, id).map(|(s, n, _)| (s, n))
+}
+
+/// [`load_sample`], then check every token id against the tokenizer's vocabulary and the mask
+/// values, naming the file and line of a bad sample (a sample written by another tool or edited
+/// by hand would otherwise fail later with no location).
+pub fn load_sample_checked(
+    path: &Path,
+    index: usize,
+    id: Option<&str>,
+    vocab_size: usize,
+) -> Result<(Sample, usize)> {
+    let (s, n, line) = find_sample(path, index, id)?;
+    if let Some((i, t)) = s
+        .input_ids
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab_size)
+    {
+        bail!(
+            "{}:{line}: input_ids[{i}] = {t} is outside the tokenizer's vocabulary ({vocab_size} ids); was this file written for another tokenizer?",
+            path.display()
+        );
+    }
+    if let Some((i, m)) = s.loss_mask.iter().enumerate().find(|(_, &m)| m > 1) {
+        bail!(
+            "{}:{line}: loss_mask[{i}] = {m}, expected 0 or 1",
+            path.display()
+        );
+    }
+    Ok((s, n))
+}
+
+/// The sample, its index among samples and its 1-based line.
+fn find_sample(path: &Path, index: usize, id: Option<&str>) -> Result<(Sample, usize, usize)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut n = 0;
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -34,7 +69,7 @@ pub fn load_sample(path: &Path, index: usize, id: Option<&str>) -> Result<(Sampl
                     s.loss_mask.len()
                 );
             }
-            return Ok((s, n));
+            return Ok((s, n, i + 1));
         }
         n += 1;
     }

@@ -1,6 +1,7 @@
-//! opencode: storage trees (gen 1 and 2), `opencode.db` (gen 3) and `opencode export` JSON
-//! all carry the same Session.Info / MessageV2.Info / MessageV2.Part objects (sessions.md §1);
-//! each reader gathers them and [`build_session`] turns them into turns.
+//! opencode: storage trees (gen 1 and 2), `opencode.db` (gen 3), `opencode export` JSON and
+//! event streams all carry the same Session.Info / MessageV2.Info / MessageV2.Part objects
+//! (packages/opencode/src/session/message-v2.ts in https://github.com/sst/opencode); each reader
+//! gathers them and [`build_session`] turns them into turns.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,7 +85,7 @@ fn tool_result_text(state: &Value) -> (String, bool, bool) {
     }
 }
 
-/// Session.Info + messages → turns (sessions.md §6.3: a user message with a non-synthetic text
+/// Session.Info + messages → turns (docs/data.md: a user message with a non-synthetic text
 /// part and no `compaction` part starts a turn; assistant messages follow it by id).
 pub fn build_session(info: &Value, mut msgs: Vec<RawMessage>, file: String) -> Session {
     let id = id_of(info).to_string();
@@ -232,9 +233,16 @@ pub fn build_session(info: &Value, mut msgs: Vec<RawMessage>, file: String) -> S
     sess
 }
 
-/// Read one JSON file, reporting (not failing on) bad input.
+/// Read one JSON file, reporting (not failing on) bad input: an unreadable file is a warning
+/// naming it (fatal with `--strict`), never a silent gap.
 fn read_json(path: &Path, rel: &str, diag: &mut Diag) -> Result<Option<Value>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = match diag.read_file(path) {
+        Ok(b) => b,
+        Err(e) => {
+            diag.warn(rel, None, format!("{e:#}; file skipped"))?;
+            return Ok(None);
+        }
+    };
     let (text, bad_line) = decode_utf8(&bytes);
     if let Some(l) = bad_line {
         diag.warn(rel, Some(l), "invalid UTF-8 (replaced with U+FFFD)")?;
@@ -281,12 +289,31 @@ pub fn read_export(path: &Path, rel: &str, diag: &mut Diag) -> Result<Vec<Sessio
     Ok(vec![build_session(&v["info"], msgs, rel.to_string())])
 }
 
-fn sorted_entries(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+/// Entries of `dir`, sorted. A missing directory is empty (opencode creates a session's message
+/// folder with its first message); any other read error is a warning naming the folder (fatal
+/// with `--strict`), so an unreadable folder never vanishes silently.
+fn sorted_entries(dir: &Path, rel: &str, diag: &mut Diag) -> Result<Vec<std::path::PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            diag.warn(
+                rel,
+                None,
+                format!("cannot read directory: {e}; its files are skipped"),
+            )?;
+            return Ok(Vec::new());
+        }
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        match e {
+            Ok(e) => v.push(e.path()),
+            Err(e) => diag.warn(rel, None, format!("cannot list an entry: {e}; skipped"))?,
+        }
+    }
     v.sort();
-    v
+    Ok(v)
 }
 
 fn stem(p: &Path) -> String {
@@ -309,20 +336,6 @@ pub fn is_storage_dir(dir: &Path) -> bool {
 /// Returns the sessions and the number of files read.
 pub fn read_storage(storage: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<Session>, usize)> {
     let gen1 = storage.join("session/info").is_dir();
-    let (info_files, msg_root) = if gen1 {
-        let infos = sorted_entries(&storage.join("session/info"));
-        (infos, storage.join("session/message"))
-    } else {
-        let mut infos = Vec::new();
-        for proj in sorted_entries(&storage.join("session")) {
-            if proj.is_dir() {
-                infos.extend(sorted_entries(&proj));
-            }
-        }
-        (infos, storage.join("message"))
-    };
-    let mut files = 0;
-    let mut sessions = Vec::new();
     let relp = |p: &Path| -> String {
         let tail = p
             .strip_prefix(storage)
@@ -331,6 +344,22 @@ pub fn read_storage(storage: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<S
             .replace('\\', "/");
         format!("{rel}/{tail}")
     };
+    let (info_files, msg_root) = if gen1 {
+        let dir = storage.join("session/info");
+        let infos = sorted_entries(&dir, &relp(&dir), diag)?;
+        (infos, storage.join("session/message"))
+    } else {
+        let mut infos = Vec::new();
+        let dir = storage.join("session");
+        for proj in sorted_entries(&dir, &relp(&dir), diag)? {
+            if proj.is_dir() {
+                infos.extend(sorted_entries(&proj, &relp(&proj), diag)?);
+            }
+        }
+        (infos, storage.join("message"))
+    };
+    let mut files = 0;
+    let mut sessions = Vec::new();
     for info_path in info_files.into_iter().filter(|p| is_json(p)) {
         files += 1;
         let ses_id = stem(&info_path);
@@ -341,7 +370,8 @@ pub fn read_storage(storage: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<S
             o.insert("id".into(), Value::String(ses_id.clone()));
         }
         let mut msgs = Vec::new();
-        for mpath in sorted_entries(&msg_root.join(&ses_id))
+        let msg_dir = msg_root.join(&ses_id);
+        for mpath in sorted_entries(&msg_dir, &relp(&msg_dir), diag)?
             .into_iter()
             .filter(|p| is_json(p))
         {
@@ -359,7 +389,10 @@ pub fn read_storage(storage: &Path, rel: &str, diag: &mut Diag) -> Result<(Vec<S
                 storage.join("part").join(&msg_id)
             };
             let mut parts = Vec::new();
-            for ppath in sorted_entries(&part_dir).into_iter().filter(|p| is_json(p)) {
+            for ppath in sorted_entries(&part_dir, &relp(&part_dir), diag)?
+                .into_iter()
+                .filter(|p| is_json(p))
+            {
                 files += 1;
                 if let Some(mut part) = read_json(&ppath, &relp(&ppath), diag)? {
                     if let Some(o) = part.as_object_mut() {

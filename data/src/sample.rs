@@ -1,5 +1,5 @@
-//! One turn of a session → one Harmony training sample (sessions.md §6.3), fitted to
-//! `max_seq_len`, with the loss mask on the target turn's assistant tokens.
+//! One turn of a session → one Harmony training sample (docs/data.md, "What a sample is"),
+//! fitted to `max_seq_len`, with the loss mask on the target turn's assistant tokens.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -11,7 +11,7 @@ use osstune_harmony::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::session::{Outcome, Session, Step};
+use crate::session::{Format, Outcome, Session, Step};
 use crate::tools::sanitize_name;
 
 #[derive(Clone, Debug)]
@@ -49,6 +49,10 @@ pub enum DropReason {
     NoFinalAnswer,
     TooLong,
     Duplicate,
+    /// Fewer trained tokens than `--min-turn-tokens`.
+    TooShort,
+    /// The target turn calls a tool that `--include-tools` / `--exclude-tools` rules out.
+    ToolFilter,
 }
 
 impl DropReason {
@@ -59,6 +63,8 @@ impl DropReason {
             DropReason::NoFinalAnswer => "no_final_answer",
             DropReason::TooLong => "too_long",
             DropReason::Duplicate => "duplicate",
+            DropReason::TooShort => "too_short",
+            DropReason::ToolFilter => "tool_filter",
         }
     }
 }
@@ -144,18 +150,23 @@ pub fn build(
     };
     let mut system = SystemContent::default().with_reasoning_effort(opts.reasoning_effort);
     system.conversation_start_date = sess.date.clone();
-    let mut instructions = match &sess.cwd {
-        Some(cwd) => format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project."),
-        None => "You are a coding agent. Use the tools to inspect and change the project.".to_string(),
+    // Chat datasets without a system prompt get no invented instructions.
+    let mut instructions = match (&sess.instructions, sess.format, &sess.cwd) {
+        (Some(given), _, _) => Some(given.clone()),
+        (None, Format::Chat, _) => None,
+        (None, _, Some(cwd)) => Some(format!("You are a coding agent working in `{cwd}`. Use the tools to inspect and change the project.")),
+        (None, _, None) => Some("You are a coding agent. Use the tools to inspect and change the project.".to_string()),
     };
     if let Some(s) = &t.summary {
-        instructions.push_str("\n\nSummary of earlier conversation:\n");
-        instructions.push_str(s);
+        let i = instructions.get_or_insert_with(String::new);
+        i.push_str("\n\nSummary of earlier conversation:\n");
+        i.push_str(s);
     }
-    let developer = DeveloperContent {
-        instructions: Some(instructions),
+    // No instructions and no tools: no developer message at all.
+    let developer = (instructions.is_some() || !tools.is_empty()).then(|| DeveloperContent {
+        instructions,
         tools: tools.to_vec(),
-    };
+    });
     // Context: earlier visible turns as user + final (their analysis and tool traffic dropped).
     let mut context: Vec<Vec<Message>> = (t.context_start..turn)
         .map(|i| {
@@ -169,10 +180,8 @@ pub fn build(
         .collect();
     let renderer = Renderer::new(tok);
     loop {
-        let mut msgs = vec![
-            Message::system(system.clone()),
-            Message::developer(developer.clone()),
-        ];
+        let mut msgs = vec![Message::system(system.clone())];
+        msgs.extend(developer.clone().map(Message::developer));
         for c in &context {
             msgs.extend(c.iter().cloned());
         }
@@ -184,14 +193,14 @@ pub fn build(
             let mask = loss_mask(tok, &msgs, &r.spans, target_start, n)?;
             let n_trained = mask.iter().map(|&m| m as usize).sum();
             let turn_s = turn.to_string();
-            let id = hex_id(&[sess.format.as_str(), &sess.file, &sess.id, &turn_s]);
+            let id = hex_id(&[sess.source_format, &sess.file, &sess.id, &turn_s]);
             return Ok(Ok(Sample {
                 id,
                 source: Source {
                     file: sess.file.clone(),
                     session: sess.id.clone(),
                     turn,
-                    format: sess.format.as_str().to_string(),
+                    format: sess.source_format.to_string(),
                 },
                 text: tok.decode(&r.ids)?,
                 messages: msgs,

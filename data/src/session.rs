@@ -1,19 +1,25 @@
-//! The harness-neutral session model every reader produces (sessions.md §6.1).
+//! The harness-neutral session model every reader produces (docs/data.md, "What a sample is").
 
+use osstune_harmony::ToolDescription;
 use serde_json::Value;
 
+/// The harness whose tool vocabulary a session uses: it picks the built-in tool schemas
+/// ([`crate::tools::builtin`]). Chat datasets have no harness: their schemas come with the
+/// data or are inferred from the calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Format {
     Opencode,
     ClaudeCode,
+    Chat,
 }
 
 impl Format {
-    /// The `source.format` value of a sample.
+    /// The default `source.format` value of a sample.
     pub fn as_str(&self) -> &'static str {
         match self {
             Format::Opencode => "opencode",
             Format::ClaudeCode => "claude-code",
+            Format::Chat => "chat",
         }
     }
 }
@@ -104,6 +110,17 @@ pub struct Session {
     /// Sub-agent transcript (opencode child session, Claude Code sidechain / agent file).
     pub subagent: bool,
     pub turns: Vec<Turn>,
+    /// `source.format` of its samples (defaults to `format.as_str()`; chat datasets name their
+    /// schema, e.g. `openai-messages`).
+    pub source_format: &'static str,
+    /// The reader that produced it (registry name; per-format counts in stats.json).
+    pub reader: &'static str,
+    /// Developer instructions written in the data (a dataset's system prompt); `None` gives the
+    /// coding-agent default.
+    pub instructions: Option<String>,
+    /// Tool schemas shipped with the data (OpenAI `tools`); declared as given, before any
+    /// built-in or inferred schema.
+    pub declared_tools: Vec<ToolDescription>,
 }
 
 impl Session {
@@ -116,6 +133,10 @@ impl Session {
             date: None,
             subagent: false,
             turns: Vec::new(),
+            source_format: format.as_str(),
+            reader: "",
+            instructions: None,
+            declared_tools: Vec::new(),
         }
     }
 }

@@ -215,3 +215,158 @@ pub fn write_sessions(dir: &Path, n: usize, seed: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Write `n` opencode sessions as one captured server event stream (`GET /event` as
+/// server-sent events): eight sessions interleaved at a time, every text and tool part emitted
+/// twice (streaming, then final), as opencode re-emits parts while they change.
+pub fn write_event_capture(path: &Path, n: usize, seed: u64) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut r = Mix(seed);
+    let emit = |w: &mut std::io::BufWriter<std::fs::File>, v: Value| -> Result<()> {
+        writeln!(w, "data: {v}\n").with_context(|| format!("writing {}", path.display()))
+    };
+    for group in (0..n).collect::<Vec<_>>().chunks(8) {
+        // Each session of the group as a list of events; then round-robin between them.
+        let mut streams: Vec<Vec<Value>> = Vec::new();
+        for &i in group {
+            let sid = format!("ses_{i:06}");
+            let mut ev = vec![json!({"type": "session.updated", "properties": {"info":
+                {"id": sid, "directory": "/repo", "time": {"created": 1767607200000i64}}}})];
+            let mut k = 0;
+            let mut next = |p: &str| {
+                k += 1;
+                format!("{p}_{i:06}_{k:06}")
+            };
+            let upd =
+                |info: Value| json!({"type": "message.updated", "properties": {"info": info}});
+            let part =
+                |p: Value| json!({"type": "message.part.updated", "properties": {"part": p}});
+            for _ in 0..2 + r.below(4) {
+                let (prompt, steps, fin) = turn(&mut r);
+                let uid = next("msg");
+                ev.push(upd(json!({"id": uid, "sessionID": sid, "role": "user"})));
+                ev.push(part(json!({"id": next("prt"), "messageID": uid, "sessionID": sid, "type": "text", "text": prompt})));
+                let aid = next("msg");
+                ev.push(upd(
+                    json!({"id": aid, "sessionID": sid, "role": "assistant", "parentID": uid}),
+                ));
+                ev.push(part(json!({"id": next("prt"), "messageID": aid, "sessionID": sid, "type": "step-start"})));
+                for (kind, a, b) in steps {
+                    let pid = next("prt");
+                    if kind == "think" {
+                        ev.push(part(json!({"id": pid, "messageID": aid, "sessionID": sid, "type": "reasoning", "text": a})));
+                        continue;
+                    }
+                    let (tool, args) = a.split_once('\u{0}').unwrap_or(("bash", "{}"));
+                    let args: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+                    let tool = tool.to_ascii_lowercase();
+                    let call = next("call");
+                    ev.push(part(json!({"id": pid, "messageID": aid, "sessionID": sid, "type": "tool", "tool": tool, "callID": call, "state": {"status": "running", "input": args}})));
+                    ev.push(part(json!({"id": pid, "messageID": aid, "sessionID": sid, "type": "tool", "tool": tool, "callID": call, "state": {"status": "completed", "input": args, "output": b}})));
+                }
+                let fid = next("msg");
+                ev.push(upd(
+                    json!({"id": fid, "sessionID": sid, "role": "assistant", "parentID": uid}),
+                ));
+                let tid = next("prt");
+                let half: String = fin.chars().take(fin.len() / 2).collect();
+                ev.push(part(json!({"id": tid, "messageID": fid, "sessionID": sid, "type": "text", "text": half})));
+                ev.push(part(json!({"id": tid, "messageID": fid, "sessionID": sid, "type": "text", "text": fin})));
+            }
+            ev.reverse();
+            streams.push(ev);
+        }
+        while streams.iter().any(|s| !s.is_empty()) {
+            for s in streams.iter_mut() {
+                if let Some(v) = s.pop() {
+                    emit(&mut w, v)?;
+                }
+            }
+        }
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Write `rows` chat conversations as a Hugging Face style Parquet file: an `id` column and a
+/// `messages` column of list<struct<role, content, reasoning_content>>, one or more user turns a
+/// row, Snappy-compressed, 10,000 rows a row group.
+pub fn write_chat_parquet(path: &Path, rows: usize, seed: u64) -> Result<()> {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+
+    let schema = parquet::schema::parser::parse_message_type(
+        "message schema {
+            REQUIRED BYTE_ARRAY id (UTF8);
+            OPTIONAL group messages (LIST) {
+                REPEATED group list {
+                    OPTIONAL group element {
+                        OPTIONAL BYTE_ARRAY role (UTF8);
+                        OPTIONAL BYTE_ARRAY content (UTF8);
+                        OPTIONAL BYTE_ARRAY reasoning_content (UTF8);
+                    }
+                }
+            }
+        }",
+    )?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w =
+        SerializedFileWriter::new(f, std::sync::Arc::new(schema), std::sync::Arc::new(props))?;
+    let mut r = Mix(seed);
+    let mut start = 0;
+    while start < rows {
+        let end = (start + 10_000).min(rows);
+        // Column values with repetition levels (0 = a new row) and definition levels (4 = a
+        // present leaf; 3 = absent reasoning of a user message).
+        let mut ids = Vec::new();
+        let (mut role, mut content, mut reason) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rep, mut reason_def) = (Vec::new(), Vec::new());
+        for i in start..end {
+            ids.push(ByteArray::from(format!("row-{i}").as_str()));
+            for t in 0..1 + r.below(3) {
+                let (prompt, steps, fin) = turn(&mut r);
+                let think = steps.first().map(|s| s.1.clone()).unwrap_or_default();
+                for (who, text, why) in [("user", prompt, None), ("assistant", fin, Some(think))] {
+                    rep.push(i16::from(!(t == 0 && who == "user")));
+                    role.push(ByteArray::from(who));
+                    content.push(ByteArray::from(text.as_str()));
+                    reason_def.push(if why.is_some() { 4 } else { 3 });
+                    if let Some(why) = why {
+                        reason.push(ByteArray::from(why.as_str()));
+                    }
+                }
+            }
+        }
+        let full_def = vec![4i16; role.len()];
+        let mut rg = w.next_row_group()?;
+        let mut col = 0;
+        while let Some(mut c) = rg.next_column()? {
+            let cw = c.typed::<ByteArrayType>();
+            match col {
+                0 => cw.write_batch(&ids, None, None)?,
+                1 => cw.write_batch(&role, Some(&full_def), Some(&rep))?,
+                2 => cw.write_batch(&content, Some(&full_def), Some(&rep))?,
+                _ => cw.write_batch(&reason, Some(&reason_def), Some(&rep))?,
+            };
+            c.close()?;
+            col += 1;
+        }
+        rg.close()?;
+        start = end;
+    }
+    w.close()?;
+    Ok(())
+}

@@ -318,6 +318,7 @@ pub fn builtin_names(format: Format) -> &'static [&'static str] {
             "WebSearch",
             "Write",
         ],
+        Format::Chat => &[],
     }
 }
 

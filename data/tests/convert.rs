@@ -1,4 +1,5 @@
-//! End-to-end conversion of the hand-written fixtures in fixtures/data (see make_fixtures.py)
+//! End-to-end conversion of the hand-written fixtures in fixtures/data (written by
+//! scripts/gen_data_fixtures.py)
 //! and the bundled examples; each assertion names the case it covers.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Messages → token ids, exactly as openai-harmony renders them (spec §5.2–5.5).
+//! Messages → token ids, exactly as openai-harmony renders them (docs/gpt-oss.md §5.2–5.5).
 //!
 //! Text pieces are encoded separately (role, ` to=…`, channel, content type, body), as
 //! openai-harmony does; BPE never merges across those boundaries.
@@ -39,7 +39,7 @@ pub struct Rendered {
     pub spans: Vec<Range<usize>>,
 }
 
-/// The system message text (sections joined by a blank line, spec §5.3).
+/// The system message text (sections joined by a blank line, docs/gpt-oss.md §5.3).
 pub fn system_text(sys: &SystemContent, has_function_tools: bool) -> String {
     let mut sections = Vec::new();
     let mut top = Vec::new();
@@ -71,7 +71,7 @@ pub fn system_text(sys: &SystemContent, has_function_tools: bool) -> String {
     sections.join("\n\n")
 }
 
-/// The developer message text: `# Instructions` and the `functions` namespace (spec §5.4).
+/// The developer message text: `# Instructions` and the `functions` namespace (docs/gpt-oss.md §5.4).
 pub fn developer_text(dev: &DeveloperContent) -> String {
     let mut sections = Vec::new();
     if let Some(instr) = &dev.instructions {

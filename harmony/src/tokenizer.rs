@@ -31,12 +31,12 @@ pub const CALL: u32 = 200012;
 /// Size of the gpt-oss embedding / unembedding (ids 0..201088).
 pub const VOCAB_SIZE: usize = 201088;
 
-/// Stop tokens when sampling an assistant action (spec §5.1, registry.rs).
+/// Stop tokens when sampling an assistant action (docs/gpt-oss.md §5.1, registry.rs).
 pub const ASSISTANT_STOP_TOKENS: [u32; 2] = [RETURN, CALL];
 /// All stop tokens: any of these ends the message being parsed.
 pub const ALL_STOP_TOKENS: [u32; 3] = [RETURN, CALL, END];
 
-/// The named (non-reserved) specials of o200k_harmony with their ids (spec §5.1).
+/// The named (non-reserved) specials of o200k_harmony with their ids (docs/gpt-oss.md §5.1).
 const NAMED_SPECIALS: [(&str, u32); 11] = [
     ("<|startoftext|>", STARTOFTEXT),
     ("<|endoftext|>", ENDOFTEXT),

@@ -1,4 +1,4 @@
-//! Tokenizer ids (spec §5.1) and the streaming parser's behaviour on partial input.
+//! Tokenizer ids (docs/gpt-oss.md §5.1) and the streaming parser's behaviour on partial input.
 
 use osstune_harmony::tokenizer::{self, VOCAB_SIZE};
 use osstune_harmony::{

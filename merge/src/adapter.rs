@@ -5,76 +5,14 @@
 use crate::st::{Dtype, Tensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
+use osstune_model::lora::file::read_config;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// A LoRA attachment point of a gpt-oss layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Router,
-    Gate,
-    Up,
-    Down,
-}
+/// A LoRA attachment point: the model's target registry.
+pub use osstune_model::Target;
 
-impl Target {
-    pub const ALL: [Target; 8] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Router,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    /// Module path inside `model.layers.{L}.`.
-    pub fn module(self) -> &'static str {
-        match self {
-            Target::Q => "self_attn.q_proj",
-            Target::K => "self_attn.k_proj",
-            Target::V => "self_attn.v_proj",
-            Target::O => "self_attn.o_proj",
-            Target::Router => "mlp.router",
-            Target::Gate => "mlp.experts.gate_proj",
-            Target::Up => "mlp.experts.up_proj",
-            Target::Down => "mlp.experts.down_proj",
-        }
-    }
-
-    pub fn is_expert(self) -> bool {
-        matches!(self, Target::Gate | Target::Up | Target::Down)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct BaseModelRef {
-    #[serde(default)]
-    pub model_type: Option<String>,
-    #[serde(default)]
-    pub fingerprint: Option<String>,
-    #[serde(default)]
-    pub num_hidden_layers: Option<usize>,
-    #[serde(default)]
-    pub hidden_size: Option<usize>,
-    #[serde(default)]
-    pub num_local_experts: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct AdapterConfig {
-    pub format: String,
-    pub version: u32,
-    pub rank: usize,
-    pub alpha: f64,
-    pub base_model: BaseModelRef,
-}
+pub use osstune_model::lora::file::AdapterConfig;
 
 /// Shape a target has in the base: `experts` is `Some(E)` for expert matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,28 +34,7 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn open(dir: &Path) -> Result<Adapter> {
-        let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let config: AdapterConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an osstune adapter config", cfg_path.display()))?;
-        if config.format != "osstune-lora" || config.version != 1 {
-            bail!(
-                "{}: format {:?} version {} is not osstune-lora v1 (convert PEFT / mlx-lm adapters \
-                 with `osstune adapters import`)",
-                cfg_path.display(),
-                config.format,
-                config.version
-            );
-        }
-        if config.rank == 0 || !config.alpha.is_finite() {
-            bail!(
-                "{}: rank {} / alpha {} invalid",
-                cfg_path.display(),
-                config.rank,
-                config.alpha
-            );
-        }
+        let config = read_config(dir)?;
         let scale = (config.alpha / config.rank as f64) as f32;
         let file = dir.join("adapters.safetensors");
         if !file.exists() {
@@ -134,7 +51,7 @@ impl Adapter {
             let (layer, target, is_a) = parse_name(name).with_context(|| {
                 format!(
                     "{}: tensor {name} is not an osstune LoRA tensor \
-                     (model.layers.N.<module>.lora_a|lora_b)",
+                     (model.layers.N.<module>.lora_a|lora_b, or lm_head.lora_a|lora_b)",
                     file.display()
                 )
             })?;
@@ -150,10 +67,9 @@ impl Adapter {
         }
         if let Some(x) = a_seen.symmetric_difference(&b_seen).next() {
             bail!(
-                "{}: model.layers.{}.{} has only one of lora_a / lora_b",
+                "{}: {} has only one of lora_a / lora_b",
                 file.display(),
-                x.0,
-                x.1.module()
+                x.1.path(x.0)
             );
         }
         Ok(Adapter {
@@ -184,7 +100,7 @@ impl Adapter {
         let r = self.config.rank;
         for &(l, t) in &self.present {
             let (na, nb) = names(l, t);
-            if l >= layers {
+            if t.per_layer() && l >= layers {
                 bail!(
                     "{}: {na} is for layer {l}, the base has {layers} layers",
                     self.file.display()
@@ -270,7 +186,7 @@ impl Adapter {
 }
 
 fn names(layer: usize, t: Target) -> (String, String) {
-    let m = format!("model.layers.{layer}.{}", t.module());
+    let m = t.path(layer);
     (format!("{m}.lora_a"), format!("{m}.lora_b"))
 }
 
@@ -293,18 +209,15 @@ fn shape_mismatch(name: &str, got: &[usize], want: &[usize], r: usize) -> String
     }
 }
 
-/// `model.layers.{L}.{module}.lora_{a,b}` → (L, target, is_a).
+/// `{target path}.lora_{a,b}` → (layer, target, is_a); model-level targets have layer 0.
 fn parse_name(name: &str) -> Option<(usize, Target, bool)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, leaf) = rest.rsplit_once('.')?;
+    let (path, leaf) = name.rsplit_once('.')?;
     let is_a = match leaf {
         "lora_a" => true,
         "lora_b" => false,
         _ => return None,
     };
-    let t = Target::ALL.into_iter().find(|t| t.module() == module)?;
+    let (t, layer) = Target::from_path(path)?;
     Some((layer, t, is_a))
 }
 
@@ -321,6 +234,10 @@ mod tests {
         assert_eq!(
             parse_name("model.layers.0.self_attn.q_proj.lora_a"),
             Some((0, Target::Q, true))
+        );
+        assert_eq!(
+            parse_name("lm_head.lora_a"),
+            Some((0, Target::LmHead, true))
         );
         assert_eq!(parse_name("model.layers.0.self_attn.q_proj.weight"), None);
         assert_eq!(parse_name("model.layers.x.mlp.router.lora_a"), None);

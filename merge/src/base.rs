@@ -8,9 +8,10 @@
 //! | MLX | `gate_proj.weight`, `up_proj.weight` [E, I, H] (dense, or U32 mxfp4 [E, I, H/8] + `.scales`) | `down_proj.weight` [E, H, I] |
 
 use crate::adapter::{Target, TargetShape};
-use crate::requant::{dequantize_rows, GROUP, GROUP_BYTES};
 use crate::st::{Dtype, Tensors};
 use anyhow::{bail, Context, Result};
+use osstune_model::io::layout::ExpertLayout;
+use osstune_model::quant::mxfp4::{dequantize_rows, GROUP, GROUP_BYTES};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,21 +64,16 @@ impl Base {
         let layers = get("num_hidden_layers")?;
         let experts = get("num_local_experts")?;
         let tensors = Tensors::open_dir(dir)?;
-        let has = |n: &str| tensors.get(n).is_some();
-        let store = if has(&ex(0, "gate_up_proj_blocks")) {
-            ExpertStore::HfMxfp4
-        } else if has(&ex(0, "gate_up_proj")) {
-            ExpertStore::HfDense
-        } else if has(&ex(0, "gate_proj.scales")) {
-            ExpertStore::MlxMxfp4
-        } else if has(&ex(0, "gate_proj.weight")) {
-            ExpertStore::MlxDense
-        } else {
-            bail!(
-                "{}: no gpt-oss experts found (looked for {} in the HF MXFP4, HF dense and MLX layouts)",
+        let store = match ExpertLayout::detect(|n| tensors.get(n).is_some(), 0) {
+            Some(ExpertLayout::HfMxfp4) => ExpertStore::HfMxfp4,
+            Some(ExpertLayout::HfDense) => ExpertStore::HfDense,
+            Some(ExpertLayout::Mlx { quantized: true }) => ExpertStore::MlxMxfp4,
+            Some(ExpertLayout::Mlx { quantized: false }) => ExpertStore::MlxDense,
+            None => bail!(
+                "{}: no gpt-oss experts found (looked for {})",
                 dir.display(),
-                ex(0, "gate_up_proj*")
-            );
+                ExpertLayout::expected(0)
+            ),
         };
         let shape0 = |n: &str| -> Result<Vec<usize>> { Ok(tensors.info(n)?.shape.clone()) };
         // (E, 2I, H) from the gate/up tensor, I from down.
@@ -155,7 +151,7 @@ impl Base {
                 inp: i,
             },
             _ => {
-                let name = format!("model.layers.{layer}.{}.weight", t.module());
+                let name = format!("{}.weight", t.path(layer));
                 let s = &self.tensors.info(&name)?.shape;
                 if s.len() != 2 {
                     bail!(

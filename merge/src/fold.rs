@@ -4,13 +4,13 @@
 use crate::adapter::{Adapter, Target};
 use crate::base::{interleave_rows, Base, Sel};
 use crate::plan::{output_config, plan, Enc, Format, Item, Recipe};
-use crate::requant::{dequantize_rows, quantize_rows, GROUP, GROUP_BYTES};
 use crate::st::{from_f32, round_trip, to_f32, Dtype};
 use crate::survival::Survival;
 use crate::verify::{check_probe_len, check_tolerance, verify, within_tolerance, Verify};
 use crate::writer::{clean_stale_temporaries, temp_name, write_json, Naming, ShardedWriter};
 use anyhow::{bail, Context, Result};
 use osstune_model::config::Config;
+use osstune_model::quant::mxfp4::{dequantize_rows, quantize_rows, GROUP, GROUP_BYTES};
 use rayon::prelude::*;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -205,7 +205,7 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
         ("hidden_size", b.hidden_size),
         ("num_local_experts", b.num_local_experts),
     ] {
-        if let (Some(want), Some(got)) = (want, get(key)) {
+        if let Some(got) = get(key) {
             if want != got {
                 bail!(
                     "{}: adapter was made for a base with {key} = {want}, {} has {got}",
@@ -215,8 +215,8 @@ fn check_base(base: &Base, adapter: &Adapter, fingerprint: Option<&str>) -> Resu
             }
         }
     }
-    if let (Some(want), Some(got)) = (
-        b.model_type.as_deref(),
+    if let (want, Some(got)) = (
+        b.model_type.as_str(),
         base.config.get("model_type").and_then(|v| v.as_str()),
     ) {
         if want != got {

@@ -8,7 +8,6 @@
 pub mod adapter;
 pub mod base;
 pub mod plan;
-pub mod requant;
 pub mod st;
 pub mod survival;
 pub mod synth;

@@ -4,10 +4,10 @@
 
 use crate::adapter::Target;
 use crate::base::{Base, Sel};
-use crate::requant::{GROUP, GROUP_BYTES};
 use crate::st::Dtype;
 use crate::writer::Spec;
 use anyhow::{bail, Result};
+use osstune_model::quant::mxfp4::{GROUP, GROUP_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -123,9 +123,9 @@ pub fn plan(base: &Base, format: Format, dtype: Dtype) -> Result<Vec<Item>> {
             if rest.starts_with("mlp.experts.") {
                 continue;
             }
-            let target = Target::ALL
-                .into_iter()
-                .find(|tg| !tg.is_expert() && rest == format!("{}.weight", tg.module()));
+            let target = Target::ALL.into_iter().find(|tg| {
+                tg.per_layer() && !tg.is_expert() && rest == format!("{}.weight", tg.module())
+            });
             match target {
                 Some(target) => {
                     let info = t.info(n)?;
@@ -147,6 +147,21 @@ pub fn plan(base: &Base, format: Format, dtype: Dtype) -> Result<Vec<Item>> {
         experts(base, layer, format, dtype, &mut items);
     }
     for n in top_last {
+        // Model-level targets (lm_head) take their adapter's delta like a layer's linear.
+        let target = Target::ALL
+            .into_iter()
+            .find(|tg| !tg.per_layer() && *n == format!("{}.weight", tg.path(0)));
+        if let Some(target) = target {
+            items.push(Item {
+                spec: Spec::new(n.as_str(), dtype, &t.info(n)?.shape),
+                recipe: Recipe::Linear {
+                    src: n.clone(),
+                    layer: 0,
+                    target,
+                },
+            });
+            continue;
+        }
         copy(n, &mut items)?;
     }
     Ok(items)

@@ -1,11 +1,11 @@
-//! Tensor access for merge on top of `osstune_model::checkpoint`: name → dtype, shape and raw
+//! Tensor access for merge on top of `osstune_model::io::checkpoint`: name → dtype, shape and raw
 //! bytes, across a single file or an index-sharded folder. Merge reads expert slices (one
 //! expert at a time) straight from the memory map, so nothing is loaded that is not being
 //! folded right now.
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use osstune_model::checkpoint::Checkpoint;
+use osstune_model::io::checkpoint::Checkpoint;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,7 @@ impl TensorInfo {
     }
 }
 
-/// Every tensor of a checkpoint (via `osstune_model::checkpoint`, memory-mapped), with the
+/// Every tensor of a checkpoint (via `osstune_model::io::checkpoint`, memory-mapped), with the
 /// slicing and f32 conversion merge needs.
 pub struct Tensors {
     ck: Checkpoint,

@@ -5,11 +5,11 @@
 use crate::adapter::Target;
 use crate::base::Base;
 use crate::plan::Format;
-use crate::requant::quantize_rows;
 use crate::st::{from_f32, Dtype};
 use crate::writer::{write_json, write_single, Naming, ShardedWriter, Spec};
 use anyhow::{bail, Context, Result};
 use osstune_model::config::Config;
+use osstune_model::quant::mxfp4::quantize_rows;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -53,7 +53,24 @@ pub fn write_random_adapter(model: &Path, out: &Path, spec: &AdapterSpec) -> Res
         if l >= base.layers {
             bail!("layer {l} out of range (base has {})", base.layers);
         }
-        for &t in spec.targets {
+    }
+    // Per-layer targets in every listed layer, then the model-level ones (lm_head) once.
+    let sites = layers
+        .iter()
+        .flat_map(|&l| {
+            spec.targets
+                .iter()
+                .filter(|t| t.per_layer())
+                .map(move |&t| (l, t))
+        })
+        .chain(
+            spec.targets
+                .iter()
+                .filter(|t| !t.per_layer())
+                .map(|&t| (0, t)),
+        );
+    {
+        for (l, t) in sites {
             let s = base.target_shape(l, t)?;
             let e = s.experts.unwrap_or(1);
             let a = uniform(&mut rng, e * r * s.inp, 1.0 / (s.inp as f32).sqrt());
@@ -62,7 +79,7 @@ pub fn write_random_adapter(model: &Path, out: &Path, spec: &AdapterSpec) -> Res
                 Some(e) => (vec![e, r, s.inp], vec![e, s.out, r]),
                 None => (vec![r, s.inp], vec![s.out, r]),
             };
-            let m = format!("model.layers.{l}.{}", t.module());
+            let m = t.path(l);
             tensors.push((
                 Spec::new(format!("{m}.lora_a"), Dtype::F32, &sa),
                 f32_bytes(&a),
@@ -75,11 +92,7 @@ pub fn write_random_adapter(model: &Path, out: &Path, spec: &AdapterSpec) -> Res
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_single(&out.join("adapters.safetensors"), &tensors, "pt")?;
-    let names: Vec<&str> = spec
-        .targets
-        .iter()
-        .map(|t| t.module().rsplit('.').next().unwrap_or(""))
-        .collect();
+    let names: Vec<&str> = spec.targets.iter().map(|t| t.name()).collect();
     let cfg = serde_json::json!({
         "format": "osstune-lora", "version": 1, "rank": r, "alpha": spec.alpha, "dropout": 0.0,
         "targets": names, "layers": layers,

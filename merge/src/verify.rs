@@ -5,10 +5,9 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use osstune_model::model::GptOss;
+use osstune_model::arch::gpt_oss::GptOss;
+use osstune_model::lora::file::attach_dir;
 use osstune_model::Config;
-use osstune_train::adapters::Adapters;
-use osstune_train::trainer;
 use std::path::Path;
 
 pub struct Verify {
@@ -106,10 +105,8 @@ pub fn verify(base: &Path, adapter: &Path, merged: &Path, len: usize) -> Result<
         .with_context(|| format!("verify: loading base {}", base.display()))?;
     let ids = probe_ids(model.cfg.vocab_size, len, &dev)?;
     let plain = logits(&model, &ids)?;
-    let shapes = trainer::target_shapes(&model);
-    let ad = Adapters::load(adapter, &shapes, &trainer::base_info(&model), &dev)
+    attach_dir(&mut model, adapter, &dev)
         .with_context(|| format!("verify: loading adapter {}", adapter.display()))?;
-    trainer::attach(&mut model, &ad)?;
     let reference = logits(&model, &ids)?;
     drop(model);
     let merged_model = GptOss::load(merged, &dev, DType::F32)

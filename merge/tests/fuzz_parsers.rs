@@ -11,7 +11,7 @@
 //! once crashed are kept below as plain regression tests.
 
 use osstune_merge::adapter::Adapter;
-use osstune_model::tensor_bounds::parse_header;
+use osstune_model::io::tensor_bounds::parse_header;
 use osstune_model::Config;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use osstune_merge::adapter::Target;
 use osstune_merge::synth::{write_random_adapter, AdapterSpec};
 use osstune_merge::verify::verify;
 use osstune_merge::{merge, Dtype, Format, MergeOptions};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 
 fn run(experts: ExpertFormat, tag: &str) {
     let d = std::env::temp_dir().join(format!("osstune-merge-logits-{}-{tag}", std::process::id()));

@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var, D};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::{GptOss, LoraLinear, SwitchLora};
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! `config.json` of a gpt-oss checkpoint (spec §1.1).
+//! `config.json` of a gpt-oss checkpoint (docs/gpt-oss.md §1.1).
 //!
 //! Accepts the hub spelling (`rope_theta` + `rope_scaling`), transformers v5's
 //! `rope_parameters`, and the MLX `quantization` dictionary (kept raw; `quant` interprets it).
@@ -98,7 +98,7 @@ pub struct Config {
     pub eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub pad_token_id: Option<serde_json::Value>,
-    /// MLX per-module quantization (spec §2.5); raw, see `quant::QuantSpec`.
+    /// MLX per-module quantization (docs/gpt-oss.md §2.5); raw, see `quant::QuantSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,39 +1,26 @@
-//! gpt-oss in candle: config, layers, checkpoint loading (HF dense / MXFP4, MLX), LoRA
-//! attachment points, KV-cached generation.
+//! gpt-oss in candle: the architecture, LoRA attachment points, fused kernels, checkpoint
+//! formats and KV-cached generation. The folders are the layers, each importing only the ones
+//! listed before it (docs/architecture.md draws the picture):
 //!
-//! Module owners while the workspace is being built: everything here belongs to the model
-//! issue except `sampling` and `generation` (the generate CLI work).
+//! - [`config`]: `config.json` → [`Config`];
+//! - [`quant`]: weight storage codecs (MXFP4, MLX affine) and packed expert stacks;
+//! - [`kernels`]: one dispatch point per fused op (reference composition + device backends);
+//! - [`lora`]: the LoRA target registry, adapter factors and dropout masks;
+//! - [`arch`]: the decoder itself (attention, MoE, the model);
+//! - [`io`]: checkpoint layouts, loading, random checkpoints;
+//! - [`generate`]: sampling and the generation loop.
 
-pub mod attention;
-pub mod checkpoint;
-pub mod combine;
+pub mod arch;
 pub mod config;
-pub mod dropout;
-pub mod experts;
-pub mod fused_attention;
-pub mod fused_lora;
-pub mod generation;
-pub mod grouped;
-pub mod grouped_fused;
-pub mod linear;
-pub mod linear_ce;
-pub mod load;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod io;
+pub mod kernels;
 pub mod lora;
-pub mod masked_softmax;
-pub mod model;
-pub mod moe;
-pub mod moe_fused;
-pub mod mxfp4;
-pub mod ops;
 pub mod quant;
-pub mod rope;
-pub mod sampling;
-pub mod tensor_bounds;
-pub mod tiny;
 mod validate;
-pub mod vecmath;
 
+pub use arch::{Cache, GptOss};
 pub use config::Config;
-pub use dropout::LoraDropout;
-pub use lora::{LoraAdapter, LoraLinear, LoraTarget, SwitchLora};
-pub use model::{Cache, GptOss};
+pub use lora::{LoraAdapter, LoraDropout, LoraLinear, LoraTarget, SwitchLora, Target};

@@ -4,7 +4,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs};
-use osstune_model::checkpoint::Checkpoint;
+use osstune_model::io::checkpoint::Checkpoint;
 use osstune_model::{Cache, Config, GptOss};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,10 +174,11 @@ fn both_rope_spellings_and_fingerprint() {
             .num_experts_per_tok,
         2
     );
-    // YaRN numbers of spec §1.5 for head_dim 64.
+    // YaRN numbers of docs/gpt-oss.md §1.5 for head_dim 64.
     let mut real = j.clone();
     real["head_dim"] = 64.into();
-    let rt = osstune_model::rope::RopeTable::new(&Config::from_json(&real.to_string()).unwrap());
+    let rt =
+        osstune_model::arch::rope::RopeTable::new(&Config::from_json(&real.to_string()).unwrap());
     let close = |a: f32, b: f32| ((a - b) / b).abs() < 1e-4;
     assert!(close(rt.inv_freq[0], 1.0));
     assert!(close(rt.inv_freq[8], 0.0508133), "{}", rt.inv_freq[8]);

@@ -4,7 +4,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_abs};
-use osstune_model::{mxfp4, quant, Cache, GptOss};
+use osstune_model::quant::{affine as quant, mxfp4};
+use osstune_model::{Cache, GptOss};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -136,7 +137,7 @@ fn quantization_dict_semantics() {
     assert!(quant::mode_for(None, "lm_head").is_err());
 }
 
-/// Writes the MLX community layout of the MXFP4 fixture (spec §2.4): experts split into
+/// Writes the MLX community layout of the MXFP4 fixture (docs/gpt-oss.md §2.4): experts split into
 /// gate/up/down SwitchLinear with U32 mxfp4 weights, plus optionally layer 0's q_proj as
 /// 8-bit affine through a per-layer entry WITHOUT `mode` (must not inherit mxfp4).
 fn write_mlx(src: &Path, dst: &Path, affine_q: bool) -> Option<Vec<f32>> {

@@ -75,7 +75,7 @@ fn attach_all(m: &mut GptOss, r: usize, b_std: f64) -> Vec<(String, Var, Var)> {
 fn targets_follow_the_adapter_names() {
     let m = model();
     let t = m.lora_targets();
-    assert_eq!(t.len(), 4 * 8);
+    assert_eq!(t.len(), 4 * 8 + 1, "8 targets per layer, then lm_head");
     let q = t
         .iter()
         .find(|t| t.name == "model.layers.3.self_attn.q_proj")
@@ -92,7 +92,7 @@ fn targets_follow_the_adapter_names() {
         .unwrap();
     assert_eq!((d.in_dim, d.out_dim, d.experts), (64, 64, Some(4)));
     assert_eq!(d.kind(), "down_proj");
-    assert_eq!(d.layer(), Some(0));
+    assert_eq!(d.layer, 0);
 }
 
 #[test]

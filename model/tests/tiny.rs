@@ -1,7 +1,7 @@
 //! `init-tiny` checkpoints load and give sane logits.
 
 use candle_core::{DType, Device, Tensor};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::{Cache, Config, GptOss};
 
 #[test]

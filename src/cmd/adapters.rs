@@ -78,7 +78,7 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
                 .with_context(|| format!("reading base model {}", model.display()))?;
             let base = osstune_train::adapters::BaseModelInfo {
                 model_type: cfg.model_type.clone(),
-                fingerprint: cfg.fingerprint(),
+                fingerprint: Some(cfg.fingerprint()),
                 num_hidden_layers: cfg.num_hidden_layers,
                 hidden_size: cfg.hidden_size,
                 num_local_experts: cfg.num_local_experts,

@@ -8,13 +8,6 @@ use osstune_data::{ConvertOptions, InputFormat, SplitBy};
 use osstune_harmony::{ReasoningEffort, Tokenizer};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum FormatArg {
-    Auto,
-    Opencode,
-    ClaudeCode,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum SplitArg {
     Sample,
     Session,
@@ -22,16 +15,34 @@ pub enum SplitArg {
 
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// Session files and/or directories (walked recursively): opencode storage trees,
-    /// opencode.db, `opencode export` JSON, Claude Code JSONL.
+    /// Session files and/or directories (walked recursively), recognised by content: opencode
+    /// storage trees, opencode.db, `opencode export` JSON, opencode event streams, Claude Code
+    /// JSONL, OpenAI-messages / ShareGPT datasets (JSON lines, JSON, Parquet).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output directory for train.jsonl, valid.jsonl and stats.json.
     #[arg(short, long)]
     pub out: PathBuf,
-    /// Input format (auto-detected by default).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub format: FormatArg,
+    /// Input format: auto (detected per file), a family (opencode, claude-code, chat) or one
+    /// reader (opencode-storage, opencode-db, opencode-export, opencode-events,
+    /// openai-messages, sharegpt, parquet).
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Record field holding the conversation in datasets (default: messages or conversations).
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Keep only samples whose trained turn calls no tool outside this list (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub include_tools: Vec<String>,
+    /// Drop samples whose trained turn calls any of these tools (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_tools: Vec<String>,
+    /// Drop samples with fewer trained tokens than this.
+    #[arg(long, default_value_t = 0)]
+    pub min_turn_tokens: usize,
+    /// Largest input file read, in MiB; larger files (and FIFOs, devices) are reported and skipped.
+    #[arg(long, default_value_t = 2048)]
+    pub max_file_mb: u64,
     /// Longest sample in tokens; longer ones are fitted (tool outputs cut, old context dropped).
     #[arg(long, default_value_t = 4096)]
     pub max_seq_len: usize,
@@ -106,11 +117,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let opts = ConvertOptions {
         inputs: a.inputs,
         out: a.out,
-        format: match a.format {
-            FormatArg::Auto => InputFormat::Auto,
-            FormatArg::Opencode => InputFormat::Opencode,
-            FormatArg::ClaudeCode => InputFormat::ClaudeCode,
-        },
+        format: InputFormat::parse(&a.format)?,
         max_seq_len: a.max_seq_len,
         valid_fraction: a.valid_fraction,
         seed: a.seed,
@@ -122,6 +129,11 @@ fn convert(a: ConvertArgs) -> Result<()> {
         strict: a.strict,
         include_subagents: a.include_subagents,
         declare_all_tools: a.declare_all_tools,
+        max_file_mb: a.max_file_mb,
+        column: a.column,
+        include_tools: a.include_tools,
+        exclude_tools: a.exclude_tools,
+        min_turn_tokens: a.min_turn_tokens,
     };
     let tok = tokenizer(a.model.as_ref())?;
     let t0 = std::time::Instant::now();
@@ -139,8 +151,13 @@ fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let (s, index) = osstune_data::inspect::load_sample(&a.file, a.index, a.id.as_deref())?;
     let tok = Tokenizer::o200k_harmony()?;
+    let (s, index) = osstune_data::inspect::load_sample_checked(
+        &a.file,
+        a.index,
+        a.id.as_deref(),
+        tok.vocab_size(),
+    )?;
     let color = std::io::stdout().is_terminal();
     println!("{}", osstune_data::inspect::describe(&s, index));
     if color {

@@ -161,6 +161,45 @@ pub fn run(a: Args) -> Result<()> {
         ]),
     )?;
 
+    // Agent-trace metrics on the held-out samples, base vs adapted (docs/eval.md); a random
+    // tiny model scores poorly, the point is that the pipeline runs.
+    let valid = data.join("valid.jsonl");
+    let has_valid = std::fs::metadata(&valid).is_ok_and(|m| m.len() > 0);
+    let (eval_base, eval_adapted) = (out.join("eval-base"), out.join("eval-adapted"));
+    if has_valid {
+        for (title, dir, adapter) in [
+            (
+                "eval: the base model on the held-out sessions",
+                &eval_base,
+                None,
+            ),
+            (
+                "eval: base + adapters on the same sessions",
+                &eval_adapted,
+                Some(&adapters_s),
+            ),
+        ] {
+            let mut v = args(&[
+                "eval",
+                "sessions",
+                "--model",
+                &base_s,
+                "--data",
+                &s(&valid),
+                "--max-tokens",
+                "32",
+                "--max-seq-len",
+                "512",
+                "--out",
+                &s(dir),
+            ]);
+            if let Some(a) = adapter {
+                v.extend(["--adapter".to_string(), a.clone()]);
+            }
+            stage(title, &v)?;
+        }
+    }
+
     summary(
         &out,
         &data,
@@ -168,7 +207,15 @@ pub fn run(a: Args) -> Result<()> {
         &merged,
         train_secs,
         total.elapsed().as_secs_f64(),
-    )
+    )?;
+    if has_valid {
+        println!("\n  held-out sessions, base vs adapted (osstune eval compare):");
+        print!(
+            "{}",
+            super::eval::compare_sessions(&eval_base, &eval_adapted)?
+        );
+    }
+    Ok(())
 }
 
 fn summary(

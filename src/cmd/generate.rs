@@ -10,8 +10,8 @@ use candle_core::{DType, Device};
 use osstune_harmony::{
     Message, ReasoningEffort, RenderOptions, Renderer, Role, SystemContent, Tokenizer,
 };
-use osstune_model::generation::{generate, GenerateOptions, Generation, StopReason};
-use osstune_model::sampling::{Sampler, SamplingParams};
+use osstune_model::generate::generation::{generate, GenerateOptions, Generation, StopReason};
+use osstune_model::generate::sampling::{Sampler, SamplingParams};
 use osstune_model::GptOss;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -343,33 +343,20 @@ fn clock_seed() -> u64 {
 }
 
 pub fn device(d: DeviceArg) -> Result<Device> {
-    match d {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda if cfg!(feature = "cuda") => {
-            Device::new_cuda(0).context("opening CUDA device 0")
-        }
-        DeviceArg::Metal if cfg!(feature = "metal") => {
-            Device::new_metal(0).context("opening Metal device 0")
-        }
-        DeviceArg::Cuda => bail!(
-            "--device cuda: this osstune was built without CUDA (rebuild with \
-             `cargo build --release --features cuda`)"
-        ),
-        DeviceArg::Metal => bail!(
-            "--device metal: this osstune was built without Metal (rebuild with \
-             `cargo build --release --features metal`)"
-        ),
-    }
+    let name = match d {
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Cuda => "cuda",
+        DeviceArg::Metal => "metal",
+    };
+    osstune_model::device::parse_device(name).context("--device")
 }
 
 /// Loads `dir` (design.md §2) and attaches it to `model` without merging.
 fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) -> Result<()> {
-    use osstune_train::{adapters::Adapters, trainer};
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
-    let shapes = trainer::target_shapes(model);
-    let ad = Adapters::load(dir, &shapes, &trainer::base_info(model), device)
+    osstune_model::lora::file::attach_dir(model, dir, device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
-    trainer::attach(model, &ad).with_context(|| format!("attaching adapter {}", dir.display()))
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! `osstune init-tiny`: a seeded random gpt-oss-shaped checkpoint in the HF layout.
 
 use anyhow::Result;
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]

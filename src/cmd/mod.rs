@@ -3,6 +3,7 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod demo;
+pub mod eval;
 pub mod generate;
 pub mod init_tiny;
 pub mod merge;

@@ -5,20 +5,9 @@
 //! `osstune train`. Unknown keys are errors, so a typo never silently trains the wrong thing.
 
 use anyhow::{bail, Context, Result};
+use osstune_model::Target;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Every LoRA target osstune knows, in the order adapters are created and saved.
-pub const ALL_TARGETS: [&str; 8] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "router",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 /// Upper bound of `train.threads` / `--threads`: more threads than this only cost time
 /// spawning them.
@@ -89,6 +78,8 @@ pub struct LoraSection {
     /// Dropout on the LoRA input (the base path never sees dropout), training micro-steps
     /// only; masks are seeded per (seed, step, micro-batch, adapter), see `trainer::dropout_seed`.
     pub dropout: f64,
+    /// Registry names (`osstune_model::Target`); default: every decoder target, router
+    /// included (`lm_head` is available, off by default).
     pub targets: Vec<String>,
     /// Adapt the last N decoder layers only (0 = all), as mlx-lm's `num_layers`.
     pub layers: usize,
@@ -100,7 +91,7 @@ impl Default for LoraSection {
             rank: 16,
             alpha: 32.0,
             dropout: 0.0,
-            targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
+            targets: Target::defaults().map(|t| t.name().to_string()).collect(),
             layers: 0,
         }
     }
@@ -189,12 +180,7 @@ impl TrainConfig {
             bail!("lora.targets is empty");
         }
         for t in &l.targets {
-            if !ALL_TARGETS.contains(&t.as_str()) {
-                bail!(
-                    "unknown LoRA target {t:?} (known: {})",
-                    ALL_TARGETS.join(", ")
-                );
-            }
+            Target::parse(t).context("lora.targets")?;
         }
         let t = &self.train;
         if t.micro_batch == 0 || t.grad_accum == 0 {

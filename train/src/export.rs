@@ -1,4 +1,4 @@
-//! `osstune adapters export|import`: osstune adapters ↔ PEFT and mlx-lm files (spec §3).
+//! `osstune adapters export|import`: osstune adapters ↔ PEFT and mlx-lm files (docs/gpt-oss.md §3).
 //!
 //! PEFT (`adapter_model.safetensors` + `adapter_config.json`, loaded with
 //! `PeftModel.from_pretrained` on transformers' GptOssForCausalLM):
@@ -30,9 +30,10 @@ use crate::adapters::{
     WEIGHTS_FILE,
 };
 use crate::checkpoint::write_atomic;
-use crate::config::ALL_TARGETS;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use osstune_model::lora::targets::Peft;
+use osstune_model::Target;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -54,37 +55,30 @@ impl std::str::FromStr for Format {
     }
 }
 
-fn module_of(target: &str) -> &'static str {
-    match target {
-        "q_proj" => "self_attn.q_proj",
-        "k_proj" => "self_attn.k_proj",
-        "v_proj" => "self_attn.v_proj",
-        "o_proj" => "self_attn.o_proj",
-        "router" => "mlp.router",
-        "gate_proj" => "mlp.experts.gate_proj",
-        "up_proj" => "mlp.experts.up_proj",
-        _ => "mlp.experts.down_proj",
-    }
-}
-
 /// Our factors of one layer/target.
 struct Pair {
     a: Tensor,
     b: Tensor,
 }
 
+/// The factors keyed by (layer, target); model-level targets sit at layer 0.
+type Pairs = BTreeMap<(usize, Target), Pair>;
+
 fn our_pairs(
     tensors: &mut HashMap<String, Tensor>,
     cfg: &AdapterConfig,
     src: &Path,
-) -> Result<BTreeMap<(usize, usize), Pair>> {
+) -> Result<Pairs> {
     let mut out = BTreeMap::new();
-    for &l in &cfg.layers {
-        for (ti, t) in ALL_TARGETS.iter().enumerate() {
-            if !cfg.targets.iter().any(|x| x == t) {
-                continue;
-            }
-            let base = format!("model.layers.{l}.{}", module_of(t));
+    for name in &cfg.targets {
+        let t = Target::parse(name).with_context(|| format!("{}: targets", src.display()))?;
+        let layers = if t.per_layer() {
+            cfg.layers.clone()
+        } else {
+            vec![0]
+        };
+        for l in layers {
+            let base = t.path(l);
             let mut get = |s: &str| {
                 let n = format!("{base}.{s}");
                 tensors
@@ -93,7 +87,7 @@ fn our_pairs(
             };
             let a = get("lora_a")?;
             let b = get("lora_b")?;
-            out.insert((l, ti), Pair { a, b });
+            out.insert((l, t), Pair { a, b });
         }
     }
     Ok(out)
@@ -165,39 +159,31 @@ pub fn export(src: &Path, dst: &Path, format: Format) -> Result<()> {
     }
 }
 
-fn tidx(t: &str) -> usize {
-    ALL_TARGETS
-        .iter()
-        .position(|x| *x == t)
-        .unwrap_or(usize::MAX)
-}
-
-fn export_peft(
-    cfg: &AdapterConfig,
-    pairs: &BTreeMap<(usize, usize), Pair>,
-    dst: &Path,
-) -> Result<()> {
+fn export_peft(cfg: &AdapterConfig, pairs: &Pairs, dst: &Path) -> Result<()> {
     let has = |t: &str| cfg.targets.iter().any(|x| x == t);
-    let fused = has("gate_proj") && has("up_proj");
-    let r2 = if fused { 2 * cfg.rank } else { cfg.rank };
+    let dense = |t: &Target| !t.is_expert();
+    let dense_pair = |t: Target, l: usize, out: &mut Vec<(String, Tensor)>| -> Result<()> {
+        if let Some(p) = pairs.get(&(l, t)) {
+            let (a, b) = zero_pad_rank(p, r2_of(cfg))?;
+            let pre = format!("base_model.model.{}", t.path(l));
+            out.push((format!("{pre}.lora_A.weight"), a));
+            out.push((format!("{pre}.lora_B.weight"), b));
+        }
+        Ok(())
+    };
+    let r2 = r2_of(cfg);
     let mut out: Vec<(String, Tensor)> = Vec::new();
     for &l in &cfg.layers {
         let pre = format!("base_model.model.model.layers.{l}");
-        for t in ["q_proj", "k_proj", "v_proj", "o_proj", "router"] {
-            if let Some(p) = pairs.get(&(l, tidx(t))) {
-                let (a, b) = zero_pad_rank(p, r2)?;
-                let m = if t == "router" {
-                    "mlp.router".to_string()
-                } else {
-                    format!("self_attn.{t}")
-                };
-                out.push((format!("{pre}.{m}.lora_A.weight"), a));
-                out.push((format!("{pre}.{m}.lora_B.weight"), b));
-            }
+        for t in Target::ALL
+            .into_iter()
+            .filter(|t| t.per_layer() && dense(t))
+        {
+            dense_pair(t, l, &mut out)?;
         }
-        let down = pairs.get(&(l, tidx("down_proj")));
-        let gate = pairs.get(&(l, tidx("gate_proj")));
-        let up = pairs.get(&(l, tidx("up_proj")));
+        let down = pairs.get(&(l, Target::Down));
+        let gate = pairs.get(&(l, Target::Gate));
+        let up = pairs.get(&(l, Target::Up));
         // gate_up is wrapped first, down_proj around it (see module docs).
         let gu_prefix = if down.is_some() {
             format!("{pre}.mlp.experts.base_layer")
@@ -234,19 +220,21 @@ fn export_peft(
             ));
         }
     }
-    let target_modules: Vec<&str> = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    for t in Target::ALL
         .into_iter()
-        .filter(|t| has(t))
-        .collect();
-    let mut target_parameters: Vec<&str> = Vec::new();
-    if has("router") {
-        target_parameters.push("mlp.router.weight");
+        .filter(|t| !t.per_layer() && dense(t))
+    {
+        dense_pair(t, 0, &mut out)?;
     }
-    if has("gate_proj") || has("up_proj") {
-        target_parameters.push("mlp.experts.gate_up_proj");
-    }
-    if has("down_proj") {
-        target_parameters.push("mlp.experts.down_proj");
+    let (mut target_modules, mut target_parameters): (Vec<&str>, Vec<&str>) = (vec![], vec![]);
+    for t in Target::ALL.into_iter().filter(|t| has(t.name())) {
+        let list = match t.peft() {
+            Peft::Module(m) => (&mut target_modules, m),
+            Peft::Parameter(p) | Peft::Experts(p) => (&mut target_parameters, p),
+        };
+        if !list.0.contains(&list.1) {
+            list.0.push(list.1);
+        }
     }
     let all_layers = cfg.layers.len() == cfg.base_model.num_hidden_layers;
     let pcfg = json!({
@@ -280,15 +268,27 @@ fn export_peft(
     )
 }
 
+/// PEFT's one rank for the whole adapter: 2r when gate and up share the fused gate_up LoRA.
+fn r2_of(cfg: &AdapterConfig) -> usize {
+    let has = |t: Target| cfg.targets.iter().any(|x| x == t.name());
+    if has(Target::Gate) && has(Target::Up) {
+        2 * cfg.rank
+    } else {
+        cfg.rank
+    }
+}
+
 fn unreachable_pair<T>() -> Result<T> {
     bail!("internal: neither gate nor up present")
 }
 
-fn export_mlx(
-    cfg: &AdapterConfig,
-    pairs: &BTreeMap<(usize, usize), Pair>,
-    dst: &Path,
-) -> Result<()> {
+fn export_mlx(cfg: &AdapterConfig, pairs: &Pairs, dst: &Path) -> Result<()> {
+    if let Some(t) = pairs.keys().map(|k| k.1).find(|t| !t.mlx()) {
+        bail!(
+            "mlx-lm adapts modules inside the last N decoder layers only, so a {t} adapter \
+             cannot be exported to it: merge the adapter into the model instead (osstune merge)"
+        );
+    }
     let n = cfg.base_model.num_hidden_layers;
     let expected: Vec<usize> = (n - cfg.layers.len().min(n)..n).collect();
     if cfg.layers != expected {
@@ -298,9 +298,8 @@ fn export_mlx(
         );
     }
     let mut out: Vec<(String, Tensor)> = Vec::new();
-    for (&(l, ti), p) in pairs {
-        let t = ALL_TARGETS[ti];
-        let base = format!("model.layers.{l}.{}", module_of(t));
+    for (&(l, t), p) in pairs {
+        let base = t.path(l);
         if p.a.dims().len() == 3 {
             out.push((format!("{base}.lora_a"), p.a.clone()));
             out.push((format!("{base}.lora_b"), p.b.clone()));
@@ -309,10 +308,10 @@ fn export_mlx(
             out.push((format!("{base}.lora_b"), p.b.t()?.contiguous()?));
         }
     }
-    let keys: Vec<&str> = ALL_TARGETS
-        .iter()
-        .filter(|t| cfg.targets.iter().any(|x| x == *t))
-        .map(|t| module_of(t))
+    let keys: Vec<&str> = Target::ALL
+        .into_iter()
+        .filter(|t| cfg.targets.iter().any(|x| x == t.name()))
+        .map(|t| t.module())
         .collect();
     let mcfg = json!({
         "fine_tune_type": "lora",
@@ -384,35 +383,27 @@ pub fn import(src: &Path, dst: &Path, format: Format, base: &BaseModelInfo) -> R
         }
     };
     let mut layers: Vec<usize> = Vec::new();
-    let mut targets: Vec<String> = Vec::new();
+    let mut found: Vec<Target> = Vec::new();
     for n in tensors.keys() {
-        let rest = n
-            .strip_prefix("model.layers.")
-            .with_context(|| format!("tensor {n}"))?;
-        let (l, m) = rest
-            .split_once('.')
-            .with_context(|| format!("tensor {n}"))?;
-        let l: usize = l
-            .parse()
-            .with_context(|| format!("tensor {n}: layer index"))?;
-        if l >= base.num_hidden_layers {
-            bail!(
-                "tensor {n}: layer {l} but the base has {} layers",
-                base.num_hidden_layers
-            );
-        }
-        layers.push(l);
-        let m = m.rsplit_once('.').map(|x| x.0).unwrap_or(m);
-        let t = ALL_TARGETS
-            .iter()
-            .find(|t| module_of(t) == m)
+        let prefix = n.rsplit_once('.').map_or(n.as_str(), |x| x.0);
+        let (t, l) = Target::from_path(prefix)
             .with_context(|| format!("tensor {n}: not a LoRA target osstune knows"))?;
-        targets.push(t.to_string());
+        if t.per_layer() {
+            if l >= base.num_hidden_layers {
+                bail!(
+                    "tensor {n}: layer {l} but the base has {} layers",
+                    base.num_hidden_layers
+                );
+            }
+            layers.push(l);
+        }
+        found.push(t);
     }
     layers.sort();
     layers.dedup();
-    targets.sort_by_key(|t| tidx(t));
-    targets.dedup();
+    found.sort();
+    found.dedup();
+    let targets: Vec<String> = found.iter().map(|t| t.name().to_string()).collect();
     let cfg = AdapterConfig {
         format: "osstune-lora".into(),
         version: 1,
@@ -470,23 +461,28 @@ fn from_peft(
         .collect();
     layers.sort();
     layers.dedup();
+    // Dense targets: `base_model.model.{path}.lora_A.weight`, our orientation.
+    let mut dense = |t: &mut HashMap<String, Tensor>, path: &str| -> Result<()> {
+        let an = format!("base_model.model.{path}.lora_A.weight");
+        if t.contains_key(&an) {
+            let a = take(t, &an)?;
+            let b = take(t, &format!("base_model.model.{path}.lora_B.weight"))?;
+            out.insert(format!("{path}.lora_a"), a);
+            out.insert(format!("{path}.lora_b"), b);
+        }
+        Ok(())
+    };
+    let dense_targets = || Target::ALL.into_iter().filter(|t| !t.is_expert());
+    for tg in dense_targets().filter(|t| !t.per_layer()) {
+        dense(&mut t, &tg.path(0))?;
+    }
+    for &l in &layers {
+        for tg in dense_targets().filter(|t| t.per_layer()) {
+            dense(&mut t, &tg.path(l))?;
+        }
+    }
     for l in layers {
         let pre = format!("base_model.model.model.layers.{l}");
-        for m in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.router",
-        ] {
-            let an = format!("{pre}.{m}.lora_A.weight");
-            if t.contains_key(&an) {
-                let a = take(&mut t, &an)?;
-                let b = take(&mut t, &format!("{pre}.{m}.lora_B.weight"))?;
-                out.insert(format!("model.layers.{l}.{m}.lora_a"), a);
-                out.insert(format!("model.layers.{l}.{m}.lora_b"), b);
-            }
-        }
         let outer = format!("{pre}.mlp.experts.lora_A.weight");
         let inner = format!("{pre}.mlp.experts.base_layer.lora_A.weight");
         // PEFT wraps the expert module once per targeted parameter, in target_parameters

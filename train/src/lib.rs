@@ -1,7 +1,6 @@
 //! osstune-train: LoRA adapters over gpt-oss, the Muon training loop, checkpoints with exact
 //! resume, and adapter import/export (PEFT, mlx-lm). One concept a file, as mlx-lm's `tuner/`.
 
-pub mod adapter_checks;
 pub mod adapters;
 pub mod batches;
 pub mod checkpoint;

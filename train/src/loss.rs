@@ -21,14 +21,18 @@
 //!    Σ(h · dL/dh), which delivers the LoRA gradients.
 //!
 //! Only one chunk of logits is alive at a time.
+//!
+//! With an `lm_head` adapter (off by default) the logits also carry its low-rank delta, so
+//! step 1 runs per chunk through candle: each chunk's rows become a leaf, the logits
+//! `h·Wᵀ + scale·(h·Aᵀ)·Bᵀ` are formed, and one backward of Σ(logits · dL/dlogits) gives
+//! that chunk's dL/dh rows and its share of the lm_head LoRA gradients (summed over chunks).
 
 use crate::batches::MicroBatch;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
-use osstune_model::linear_ce::{ce_row, ce_row_grad, linear_cross_entropy_cpu};
-use osstune_model::GptOss;
-use rayon::prelude::*;
+use candle_core::{DType, Device, Tensor, Var};
+use osstune_model::kernels::{self, reference::host_ce};
+use osstune_model::{GptOss, LoraLinear};
 
 /// Inputs of a micro-batch as tensors.
 pub struct BatchTensors {
@@ -48,93 +52,27 @@ impl BatchTensors {
     }
 }
 
-/// Cross-entropy over rows of logits on the host (the device-generic path: logits come from
-/// candle): summed weighted loss and, with `scale`, d loss / d logits. Rows in parallel,
-/// losses added in row order (deterministic).
-fn host_ce(
-    logits: &[f32],
-    v: usize,
-    targets: &[u32],
-    weights: &[f32],
-    scale: Option<f64>,
-) -> (f64, Option<Vec<f32>>) {
-    let row = |r: usize| (targets[r] as usize, weights[r]);
-    match scale {
-        Some(s) => {
-            let mut g = logits.to_vec();
-            let losses: Vec<f64> = g
-                .par_chunks_mut(v)
-                .enumerate()
-                .map(|(r, x)| ce_row_grad(x, row(r).0, row(r).1, s))
-                .collect();
-            (losses.iter().sum(), Some(g))
-        }
-        None => {
-            let losses: Vec<f64> = logits
-                .par_chunks(v)
-                .enumerate()
-                .map(|(r, x)| ce_row(x, row(r).0, row(r).1))
-                .collect();
-            (losses.iter().sum(), None)
-        }
-    }
+/// What [`hidden_loss`] returns: the summed loss and, when gradients were asked for,
+/// dL/dh `[B, T, H]` and the gradients of the lm_head adapter (reached without going through
+/// h, so they are not part of the decoder's backward).
+pub struct HiddenLoss {
+    pub loss: f64,
+    pub dh: Option<Tensor>,
+    pub head: Vec<(Tensor, Tensor)>,
 }
 
-/// CPU f32: the trained rows through the fused lm_head + loss kernel in one call.
-fn cpu_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    grad_scale: Option<f64>,
-) -> Result<Option<(f64, Vec<Tensor>)>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !f32_cpu(h2) || !f32_cpu(&model.lm_head) {
-        return Ok(None);
-    }
-    let hs = h2.index_select(&Tensor::new(rows, h2.device())?, 0)?;
-    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
-    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
-    let out = linear_cross_entropy_cpu(&hs, &model.lm_head, &tg, &w, grad_scale)?;
-    Ok(out.map(|(loss, dh)| (loss, dh.into_iter().collect())))
-}
-
-/// Other devices/dtypes: logits from candle `rows_per_chunk` rows at a time, cross-entropy on
-/// the host, dL/dhs = dL/dlogits · lm_head per chunk.
-fn chunked_loss(
-    model: &GptOss,
-    h2: &Tensor,
-    rows: &[u32],
-    tg_all: &[u32],
-    w_all: &[f32],
-    rows_per_chunk: usize,
-    grad_scale: Option<f64>,
-) -> Result<(f64, Vec<Tensor>)> {
-    let dev = h2.device();
-    let v = model.cfg.vocab_size;
-    let lm = &model.lm_head;
-    let mut total = 0.0;
-    let mut grads = Vec::new();
-    for part in rows.chunks(rows_per_chunk.max(1)) {
-        let idx = Tensor::new(part, dev)?;
-        let hs = h2.index_select(&idx, 0)?;
-        let logits: Vec<f32> = model
-            .logits(&hs)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let tg: Vec<u32> = part.iter().map(|&i| tg_all[i as usize]).collect();
-        let w: Vec<f32> = part.iter().map(|&i| w_all[i as usize]).collect();
-        let (l, g) = host_ce(&logits, v, &tg, &w, grad_scale);
-        total += l;
-        if let Some(g) = g {
-            // logits = hs · lm_headᵀ  ⇒  dL/dhs = dL/dlogits · lm_head.
-            let g = Tensor::from_vec(g, (part.len(), v), dev)?.to_dtype(lm.dtype())?;
-            grads.push(g.matmul(lm)?);
+impl HiddenLoss {
+    /// Adds the lm_head adapter's gradients to the decoder's gradient store.
+    pub fn add_head_grads(&self, store: &mut GradStore) -> Result<()> {
+        for (var, g) in &self.head {
+            let sum = match store.remove(var) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            store.insert(var, sum);
         }
+        Ok(())
     }
-    Ok((total, grads))
 }
 
 /// Loss over the final hidden state `h` [B, T, H] (detached); with `grad_scale`, also
@@ -146,7 +84,7 @@ pub fn hidden_loss(
     bt: &BatchTensors,
     chunk: usize,
     grad_scale: Option<f64>,
-) -> Result<(f64, Option<Tensor>)> {
+) -> Result<HiddenLoss> {
     let (b, t, hd) = h.dims3()?;
     let dev = h.device();
     let w_all: Vec<f32> = bt.weights.flatten_all()?.to_vec1()?;
@@ -154,24 +92,105 @@ pub fn hidden_loss(
     let rows: Vec<u32> = (0..w_all.len() as u32)
         .filter(|&i| w_all[i as usize] > 0.0)
         .collect();
-    let h2 = h.reshape((b * t, hd))?;
-    let (total, grads) = match cpu_loss(model, &h2, &rows, &tg_all, &w_all, grad_scale)? {
-        Some(r) => r,
-        None => chunked_loss(model, &h2, &rows, &tg_all, &w_all, chunk * b, grad_scale)?,
+    let idx = Tensor::new(rows.as_slice(), dev)?;
+    let hs = h.reshape((b * t, hd))?.index_select(&idx, 0)?;
+    let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
+    let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
+    let (total, dh, head) = match &model.lm_head_lora {
+        Some(l) => head_lora_loss(model, l, &hs, &rows, (&tg, &w), grad_scale, chunk * b)?,
+        None => {
+            let (total, dh) = kernels::linear_cross_entropy(
+                &hs,
+                &model.lm_head,
+                (&tg, &w),
+                grad_scale,
+                chunk * b,
+            )?;
+            (total, dh, Vec::new())
+        }
     };
-    let Some(_) = grad_scale else {
-        return Ok((total, None));
+    let Some(dh) = dh else {
+        return Ok(HiddenLoss {
+            loss: total,
+            dh: None,
+            head,
+        });
     };
-    let g = if grads.is_empty() {
+    let g = if rows.is_empty() {
         h.zeros_like()?
     } else {
-        let idx = Tensor::new(rows.as_slice(), dev)?;
-        let gs = Tensor::cat(&grads, 0)?.to_dtype(h.dtype())?;
+        let gs = dh.to_dtype(h.dtype())?;
         Tensor::zeros((b * t, hd), h.dtype(), dev)?
             .index_add(&idx, &gs, 0)?
             .reshape((b, t, hd))?
     };
-    Ok((total, Some(g)))
+    Ok(HiddenLoss {
+        loss: total,
+        dh: Some(g),
+        head,
+    })
+}
+
+/// The loss with an lm_head adapter: per chunk of rows, logits through the base head and
+/// the adapter (its dropout numbers rows by their flat position, as dense projections do),
+/// host cross-entropy, and one backward of Σ(logits · dL/dlogits). Returns the loss, dL/dhs
+/// `[rows, H]` and the adapter's gradients.
+type HeadLoss = (f64, Option<Tensor>, Vec<(Tensor, Tensor)>);
+
+fn head_lora_loss(
+    model: &GptOss,
+    lora: &LoraLinear,
+    hs: &Tensor,
+    rows: &[u32],
+    (tg, w): (&[u32], &[f32]),
+    grad_scale: Option<f64>,
+    rows_per_chunk: usize,
+) -> Result<HeadLoss> {
+    let (n, hd) = hs.dims2()?;
+    let v = model.cfg.vocab_size;
+    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
+    let (mut total, mut dh) = (0.0, Vec::new());
+    let (mut ga, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
+    let step = rows_per_chunk.max(1);
+    for r0 in (0..n).step_by(step) {
+        let part = r0..(r0 + step).min(n);
+        let leaf = Var::from_tensor(&hs.narrow(0, r0, part.len())?)?;
+        let x = leaf.as_tensor();
+        let lora_in = match &lora.dropout {
+            Some(d) => d.apply(x, Some(&rows[part.clone()]))?,
+            None => x.clone(),
+        };
+        let logits = (kernels::linear(x, &model.lm_head, None)? + lora.delta(&lora_in)?)?;
+        let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (l, g) = host_ce(&values, v, &tg[part.clone()], &w[part.clone()], grad_scale);
+        total += l;
+        let Some(g) = g else { continue };
+        let g = Tensor::from_vec(g, (part.len(), v), hs.device())?.to_dtype(logits.dtype())?;
+        let gs = (logits * g)?.sum_all()?.backward()?;
+        dh.push(
+            gs.get(x)
+                .context("internal: no gradient for the head rows")?
+                .clone(),
+        );
+        for (acc, t) in [(&mut ga, a), (&mut gb, b)] {
+            if let Some(gt) = gs.get(t) {
+                *acc = Some(match acc.take() {
+                    Some(prev) => (prev + gt)?,
+                    None => gt.clone(),
+                });
+            }
+        }
+    }
+    let dh = match grad_scale {
+        None => None,
+        Some(_) if dh.is_empty() => Some(Tensor::zeros((0, hd), hs.dtype(), hs.device())?),
+        Some(_) => Some(Tensor::cat(&dh, 0)?),
+    };
+    let head = [(a, ga), (b, gb)]
+        .into_iter()
+        .filter_map(|(var, g)| Some((var.clone(), g?)))
+        .collect();
+    Ok((total, dh, head))
 }
 
 /// Forward + backward of one micro-batch. Returns the summed token loss and the gradients of
@@ -183,15 +202,16 @@ pub fn micro_step(
     grad_scale: f64,
 ) -> Result<(f64, GradStore)> {
     let hidden = model.forward_hidden(&bt.inputs)?;
-    let (loss, g) = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
-    let g = g.context("internal: no hidden gradient")?;
+    let out = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
+    let g = out.dh.as_ref().context("internal: no hidden gradient")?;
     let g = g.to_dtype(hidden.dtype())?;
-    let grads = (hidden * g)?.sum_all()?.backward()?;
-    Ok((loss, grads))
+    let mut grads = (hidden * g)?.sum_all()?.backward()?;
+    out.add_head_grads(&mut grads)?;
+    Ok((out.loss, grads))
 }
 
 /// Summed token loss of a micro-batch, no gradients.
 pub fn eval_loss(model: &GptOss, bt: &BatchTensors, chunk: usize) -> Result<f64> {
     let hidden = model.forward_hidden(&bt.inputs)?.detach();
-    Ok(hidden_loss(model, &hidden, bt, chunk, None)?.0)
+    Ok(hidden_loss(model, &hidden, bt, chunk, None)?.loss)
 }

@@ -13,12 +13,16 @@
 //!   expert matrices the autograd graph holds until backward, and on CPU f32 the packed copy
 //!   of each layer's expert adapters the fused MoE op takes;
 //! - backward workspace: candle's matmul backward also forms the gradient of every frozen
-//!   matrix it multiplied by (it has no "requires_grad=False"); the model's `ops::linear`
+//!   matrix it multiplied by (it has no "requires_grad=False"); the model's `kernels::linear`
 //!   avoids that on CPU f32, but its fallback (bf16, GPU) still does, so a dense copy of the
 //!   used weights exists at the end of backward there — counted for those cases;
-//! - the loss: on CPU f32 one block of ≤ 512 rows (≤ 8 M logits) per thread (`linear_ce.rs`);
-//!   elsewhere B × loss_chunk trained rows × V logits (tensor, host copy, gradient and its
-//!   tensor: 4 copies, see `loss.rs`).
+//! - the loss: on CPU f32 one block of ≤ 512 rows (≤ 8 M logits) per thread; elsewhere
+//!   B × loss_chunk trained rows × V logits (tensor, host copy, gradient and its tensor: 4
+//!   copies).
+//!
+//! The kernel-dependent terms (attention state, MoE rows, packed adapters, frozen-weight
+//! gradients, the loss workspace) come from `osstune_model::kernels::memory`, asked for the
+//! backend the kernels pick for the configured device and dtype.
 //!
 //! With `activation_checkpointing` only one layer's activations (and dequantized experts, and
 //! frozen-weight gradients) exist at a time, plus the L layer inputs.
@@ -28,7 +32,9 @@
 
 use crate::config::TrainConfig;
 use anyhow::{Context, Result};
-use osstune_model::Config;
+use candle_core::{DType, DeviceLocation};
+use osstune_model::kernels::{self, memory};
+use osstune_model::{Config, LoraTarget, Target};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -157,6 +163,28 @@ fn weights_from_config(mc: &Config, elem: u64, mxfp4: bool) -> u64 {
     per_layer * mc.num_hidden_layers as u64 + embeddings
 }
 
+/// Where tensors on `device` ("cpu", "cuda[:N]" or "metal") live, for the kernels' backend rule.
+fn device_location(device: &str) -> DeviceLocation {
+    let gpu_id = device
+        .split_once(':')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0);
+    match device {
+        "cpu" => DeviceLocation::Cpu,
+        d if d.starts_with("metal") => DeviceLocation::Metal { gpu_id },
+        _ => DeviceLocation::Cuda { gpu_id },
+    }
+}
+
+/// The compute dtype named in the config ("f32", "bf16" or "f16", checked at load).
+fn dtype_of(name: &str) -> DType {
+    match name {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
 /// Predicts the peak memory of training `cfg` on the model in `model_dir`.
 pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let mc = Config::from_model_dir(model_dir)?;
@@ -193,16 +221,25 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     } else {
         (cfg.lora.layers as u64).min(n_layers)
     };
-    let has = |t: &str| cfg.lora.targets.iter().any(|x| x == t) as u64;
-    let expert_lora =
-        (has("gate_proj") + has("up_proj")) * e * r * (h + i) + has("down_proj") * e * r * (i + h);
-    let per_layer_lora = has("q_proj") * r * (h + hq * d)
-        + has("k_proj") * r * (h + hkv * d)
-        + has("v_proj") * r * (h + hkv * d)
-        + has("o_proj") * r * (hq * d + h)
-        + has("router") * r * (h + e)
-        + expert_lora;
-    let trainable = per_layer_lora * adapted;
+    // LoRA parameters from the target registry: per-layer targets in every adapted layer,
+    // model-level ones (lm_head) once.
+    let chosen = cfg
+        .lora
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).map(|t| LoraTarget::new(t, 0, &mc)))
+        .collect::<Result<Vec<_>>>()?;
+    let params = |per_layer: bool, experts: bool| -> u64 {
+        chosen
+            .iter()
+            .filter(|s| s.target.per_layer() == per_layer && s.target.is_expert() == experts)
+            .map(|s| s.params(cfg.lora.rank) as u64)
+            .sum()
+    };
+    let expert_lora = params(true, true);
+    let per_layer_lora = params(true, false) + expert_lora;
+    let model_lora = params(false, false) + params(false, true);
+    let trainable = per_layer_lora * adapted + model_lora;
     let lora = trainable * 4;
     let grads = 2 * lora;
     let optimizer = lora;
@@ -210,18 +247,14 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let b = cfg.train.micro_batch as u64;
     let t = cfg.data.max_seq_len as u64;
     let tokens = b * t;
-    let n_targets = cfg.lora.targets.len() as u64;
-    // CPU f32 runs the fused kernels: attention keeps one log-sum-exp per query row and head
-    // instead of [T, T] scores and probabilities, and the loss never forms a whole chunk.
-    let fused_cpu = cfg.model.device == "cpu" && elem == 4;
-    let attn_per_head = if fused_cpu { 1 } else { 3 * t };
-    // Per routed row: the fused MoE op keeps the pre-activation and the expert output; the
-    // composed path also the gathered rows, the activation and the LoRA intermediates.
-    let moe_per_row = if fused_cpu {
-        2 * h + 4 * i
-    } else {
-        3 * h + 10 * i
-    };
+    let n_targets = chosen.iter().filter(|s| s.target.per_layer()).count() as u64;
+    // What the kernels keep depends on the backend they pick for these tensors.
+    let backend = kernels::backend_at(
+        device_location(&cfg.model.device),
+        dtype_of(&cfg.model.dtype),
+    );
+    let attn_per_head = memory::attention_floats_per_row(backend, t);
+    let moe_per_row = memory::moe_floats_per_routed_row(backend, h, i);
     // Floats kept per token per layer (see the module docs for what they are).
     let per_token = 8 * h
         + 4 * (hq + 2 * hkv) * d
@@ -235,15 +268,12 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let dense_expert_layer = used * 3 * i * h * elem;
     let deq_layer = if quantized { dense_expert_layer } else { 0 };
     let attn_w = (2 * hq * d * h + 2 * hkv * d * h + e * h) * elem;
-    // The model's constant-weight linear (no weight gradient) covers CPU f32 only.
-    let frozen_grad_layer = if cfg.model.device == "cpu" && elem == 4 {
-        0
-    } else {
+    let frozen_grad_layer = if memory::linear_forms_weight_grad(backend) {
         dense_expert_layer + attn_w
+    } else {
+        0
     };
-    // The fused MoE op takes a layer's expert adapters as one packed f32 copy, kept until
-    // that layer's backward.
-    let packed_layer = if fused_cpu { expert_lora * 4 } else { 0 };
+    let packed_layer = memory::moe_packed_adapter_bytes(backend, expert_lora);
     let checkpointing = cfg.train.activation_checkpointing;
     let (activations, backward) = if checkpointing {
         (
@@ -256,15 +286,16 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
             n_layers * frozen_grad_layer,
         )
     };
-    let loss_chunk = if fused_cpu {
-        // One block of ≤ 128 rows of logits per thread (linear_ce.rs), plus the gathered
-        // rows and their gradient.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let rows = ((8u64 << 20) / v.max(1)).clamp(8, 512);
-        threads * rows * v * 4 + 2 * tokens * h * 4
-    } else {
-        b * (cfg.train.loss_chunk as u64).min(t) * v * 4 * 4
-    };
+    let loss_chunk = memory::linear_cross_entropy_bytes(
+        backend,
+        memory::LossShape {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
+            vocab: v,
+            hidden: h,
+            rows: tokens,
+            chunk_rows: b * (cfg.train.loss_chunk as u64).min(t),
+        },
+    );
     Ok(Plan {
         weights,
         lora,

@@ -9,42 +9,17 @@
 //!   backward of Σ(y_l · dL/dy_l) yields dL/dx_l and the layer's LoRA gradients.
 //!
 //! Cost: one extra forward per layer; memory: one layer's graph plus L·B·T·H floats.
-//! The per-layer forward mirrors `osstune_model::model::Block::forward` (pre-norm attention,
+//! The per-layer forward mirrors `osstune_model::arch::gpt_oss::Block::forward` (pre-norm attention,
 //! then pre-norm MoE, both residual); `tests` checks the gradients against the plain path.
 //! LoRA dropout needs nothing here: its masks are a pure function of the seed the trainer set
-//! for this micro-step (see `osstune_model::dropout`), so the recompute draws the same masks
+//! for this micro-step (see `osstune_model::lora::dropout`), so the recompute draws the same masks
 //! as the first forward.
 
 use crate::loss::{hidden_loss, BatchTensors};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use osstune_model::model::Block;
-use osstune_model::{ops, GptOss};
-
-fn block_forward(
-    model: &GptOss,
-    block: &Block,
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-) -> Result<Tensor> {
-    let eps = model.cfg.rms_norm_eps;
-    let h = ops::rms_norm(x, &block.input_norm, eps)?;
-    let x = (x + block.attn.forward(&h, cos, sin, 0, None)?)?;
-    let (b, t, hd) = x.dims3()?;
-    let h = ops::rms_norm(&x, &block.post_norm, eps)?.reshape((b * t, hd))?;
-    let y = block.moe.forward(&h)?.reshape((b, t, hd))?;
-    Ok((x + y)?)
-}
-
-fn embed(model: &GptOss, ids: &Tensor) -> Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    Ok(model
-        .embed
-        .index_select(&ids.flatten_all()?, 0)?
-        .reshape((b, t, model.cfg.hidden_size))?)
-}
+use osstune_model::{kernels, GptOss};
 
 /// Forward + backward of one micro-batch with per-layer recomputation. Same contract as
 /// `loss::micro_step`.
@@ -58,18 +33,20 @@ pub fn micro_step(
     let (_, t) = bt.inputs.dims2()?;
     let (cos, sin) = model.rope.cos_sin(0, t, &model.device)?;
     let mut inputs: Vec<Tensor> = Vec::with_capacity(model.layers.len());
-    let mut x = embed(model, &bt.inputs)?;
+    let eps = model.cfg.rms_norm_eps;
+    let mut x = model.embed_tokens(&bt.inputs)?;
     for (l, block) in model.layers.iter().enumerate() {
         inputs.push(x.clone());
-        x = block_forward(model, block, &x, &cos, &sin)
+        x = block
+            .forward(&x, &cos, &sin, 0, eps, None)
             .with_context(|| format!("layer {l}"))?
             .detach();
     }
     // Final norm and loss on a leaf of the last layer's output.
     let last = Var::from_tensor(&x)?;
-    let hidden = ops::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
-    let (loss, g) = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
-    let g = g.context("internal: no hidden gradient")?;
+    let hidden = kernels::rms_norm(last.as_tensor(), &model.norm, model.cfg.rms_norm_eps)?;
+    let out = hidden_loss(model, &hidden.detach(), bt, chunk, Some(grad_scale))?;
+    let g = out.dh.as_ref().context("internal: no hidden gradient")?;
     let mut grads = (hidden * g.to_dtype(x.dtype())?)?.sum_all()?.backward()?;
     let mut g = grads
         .remove(last.as_tensor())
@@ -77,7 +54,8 @@ pub fn micro_step(
     let mut all = GradStore::default();
     for (l, block) in model.layers.iter().enumerate().rev() {
         let leaf = Var::from_tensor(&inputs[l])?;
-        let y = block_forward(model, block, leaf.as_tensor(), &cos, &sin)
+        let y = block
+            .forward(leaf.as_tensor(), &cos, &sin, 0, eps, None)
             .with_context(|| format!("layer {l} (recompute)"))?;
         let mut gs = (y * g)?.sum_all()?.backward()?;
         g = match gs.remove(leaf.as_tensor()) {
@@ -87,7 +65,8 @@ pub fn micro_step(
         // Keep only the LoRA gradients (candle also returns gradients of frozen tensors).
         all.extend(keep_vars(gs, vars))?;
     }
-    Ok((loss, all))
+    out.add_head_grads(&mut all)?;
+    Ok((out.loss, all))
 }
 
 /// A gradient store with only the entries of `vars`.

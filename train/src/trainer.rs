@@ -6,7 +6,7 @@
 //!
 //! LoRA dropout (`lora.dropout` > 0) is switched on for each training micro-step only, with
 //! a seed that is a pure function of (run seed, step, micro-batch index) — see
-//! [`dropout_seed`] and `osstune_model::dropout` — so resumed runs and activation
+//! [`dropout_seed`] and `osstune_model::lora::dropout` — so resumed runs and activation
 //! checkpointing's recompute draw the same masks, and validation never sees dropout.
 
 use crate::adapters::{select_targets, Adapters, BaseModelInfo, TargetShape};
@@ -21,8 +21,9 @@ use crate::resume;
 use crate::rng::{SplitMix64, PURPOSE_DROPOUT};
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
+use osstune_model::error::NonFinite;
 use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
 use osstune_optim::{Optimizer, Schedule};
 use std::path::{Path, PathBuf};
@@ -30,49 +31,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    Ok(match s {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => bail!("unknown dtype {s:?} (f32, bf16, f16)"),
-    })
-}
-
-pub fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("opening CUDA device 0")?,
-        "metal" => Device::new_metal(0).context("opening Metal device 0")?,
-        _ => bail!("unknown device {s:?} (cpu, cuda, metal)"),
-    })
-}
+pub use osstune_model::device::{parse_device, parse_dtype};
 
 pub fn base_info(model: &GptOss) -> BaseModelInfo {
-    let c = &model.cfg;
-    BaseModelInfo {
-        model_type: c.model_type.clone(),
-        fingerprint: c.fingerprint(),
-        num_hidden_layers: c.num_hidden_layers,
-        hidden_size: c.hidden_size,
-        num_local_experts: c.num_local_experts,
-    }
+    BaseModelInfo::of(model)
 }
 
 /// Every adaptable projection of `model` as a [`TargetShape`].
 pub fn target_shapes(model: &GptOss) -> Vec<TargetShape> {
-    model
-        .lora_targets()
-        .into_iter()
-        .map(|t| TargetShape {
-            layer: t.layer().unwrap_or(0),
-            target: t.kind().to_string(),
-            d_in: t.in_dim,
-            d_out: t.out_dim,
-            experts: t.experts,
-            name: t.name,
-        })
-        .collect()
+    model.lora_targets()
 }
 
 /// Attaches every adapter of `ad` to `model` (the model reads the same `Var`s the optimizer
@@ -425,7 +392,7 @@ impl Trainer {
             // A diverged run can fail inside the forward (the router refuses NaN logits):
             // report it like a non-finite loss.
             let (l, gs) = self.micro_step(i, mb, scale).map_err(|e| {
-                let nan = format!("{e:#}").contains("NaN");
+                let nan = NonFinite::in_chain(&e);
                 e.context(format!(
                     "step {}: {}the adapters were not updated; the last good checkpoint is \
                      kept in {}",

@@ -1,4 +1,4 @@
-//! LoRA dropout (`lora.dropout` > 0; see `osstune_model::dropout`), model side: the forward
+//! LoRA dropout (`lora.dropout` > 0; see `osstune_model::lora::dropout`), model side: the forward
 //! and the LoRA gradients equal an explicit reference that applies the same mask by hand (an
 //! attention projection and the expert projections, grouped and per-expert paths), and p = 0
 //! or dropout off changes nothing. The trainer side is in `dropout_training.rs`.
@@ -7,7 +7,7 @@ mod common;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use osstune_model::moe::Moe;
+use osstune_model::arch::moe::Moe;
 use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
 use osstune_train::rng::SplitMix64;
 

@@ -55,7 +55,7 @@ fn mask_hash_is_the_trainers_splitmix64_stream() {
     for c in 0..64 {
         assert_eq!(
             r.next_u64(),
-            osstune_model::dropout::splitmix_at(0xDEAD_BEEF, c)
+            osstune_model::lora::dropout::splitmix_at(0xDEAD_BEEF, c)
         );
     }
 }

@@ -125,7 +125,7 @@ fn mlx_round_trip_and_wrong_base() {
     }
     // Loading onto another base is refused, naming both.
     let wrong = BaseModelInfo {
-        fingerprint: "0000".into(),
+        fingerprint: Some("0000".into()),
         ..base_info(&model)
     };
     let e = Adapters::load(&src, &target_shapes(&model), &wrong, &Device::Cpu).unwrap_err();

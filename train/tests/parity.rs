@@ -4,9 +4,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use osstune_model::GptOss;
+use osstune_model::Target;
 use osstune_train::adapters::{read_safetensors, select_targets, Adapters};
 use osstune_train::batches::{MicroBatch, Sample};
-use osstune_train::config::{TrainConfig, ALL_TARGETS};
+use osstune_train::config::TrainConfig;
 use osstune_train::loss::{self, BatchTensors};
 use osstune_train::recompute;
 use osstune_train::trainer::{attach, base_info, target_shapes};
@@ -110,7 +111,7 @@ fn loss_and_gradients_match_peft() {
         );
     }
     // Every target kind is covered, A and B both have nonzero gradients.
-    for t in ALL_TARGETS {
+    for t in Target::defaults() {
         let name = ad
             .pairs
             .iter()

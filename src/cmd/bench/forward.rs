@@ -9,9 +9,9 @@
 use super::super::generate::{device, DeviceArg, DtypeArg};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use osstune_model::generation::{generate, GenerateOptions};
-use osstune_model::sampling::{Sampler, SamplingParams, SplitMix64};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::generate::generation::{generate, GenerateOptions};
+use osstune_model::generate::sampling::{Sampler, SamplingParams, SplitMix64};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::GptOss;
 use std::path::PathBuf;
 use std::time::Instant;

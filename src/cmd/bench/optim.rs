@@ -40,19 +40,6 @@ pub struct Args {
     device: String,
 }
 
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => {
-            Device::new_cuda(0).context("opening CUDA device 0 (built with --features cuda?)")?
-        }
-        "metal" => {
-            Device::new_metal(0).context("opening Metal device 0 (built with --features metal?)")?
-        }
-        other => bail!("--device must be cpu, cuda or metal, got {other:?}"),
-    })
-}
-
 /// Runs `f` once untimed, then `iters` times; returns (mean, min) milliseconds.
 fn time(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     f()?;
@@ -78,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         "bf16" => NsDtype::Bf16,
         other => bail!("--ns-dtype must be f32 or bf16, got {other:?}"),
     };
-    let dev = device(&args.device)?;
+    let dev = osstune_model::device::parse_device(&args.device)?;
     let (e, r, h) = (args.experts, args.rank, args.hidden);
     let a = Var::from_tensor(&Tensor::randn(0f32, 0.02, (e, r, h), &dev)?)?;
     let b = Var::from_tensor(&Tensor::zeros((e, h, r), DType::F32, &dev)?)?;

@@ -1,11 +1,11 @@
 //! `osstune bench train`: LoRA training tokens/s and peak RSS on the bench preset, measured
-//! like ../shared/anchors/peft_bench.py (random token batches, every token trained, one step =
-//! forward with cross-entropy + backward + optimizer step, median over the measured steps
-//! after warm-up steps).
+//! like the transformers + PEFT anchor benchmark (`peft_bench.py`: random token batches,
+//! every token trained, one step = forward with cross-entropy + backward + optimizer step,
+//! median over the measured steps after warm-up steps).
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Var};
-use osstune_model::tiny::{write_tiny, ExpertFormat, Preset};
+use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
 use osstune_model::GptOss;
 use osstune_optim::Optimizer;
 use osstune_train::adapters::{select_targets, Adapters};

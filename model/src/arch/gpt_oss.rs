@@ -1,0 +1,242 @@
+//! The gpt-oss decoder (docs/gpt-oss.md §1.2): embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x)))
+//! → RMSNorm → untied lm_head. Loading lives in `load.rs`.
+
+use crate::arch::attention::{Attention, LayerCache};
+use crate::arch::moe::Moe;
+use crate::arch::rope::RopeTable;
+use crate::config::Config;
+use crate::kernels;
+use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
+use crate::lora::targets::{self, LoraTarget, Target};
+use crate::lora::LoraDropout;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// `[H]` f32
+    pub input_norm: Tensor,
+    pub attn: Attention,
+    /// `[H]` f32
+    pub post_norm: Tensor,
+    pub moe: Moe,
+}
+
+#[derive(Debug, Clone)]
+pub struct GptOss {
+    pub cfg: Config,
+    /// `[V, H]`
+    pub embed: Tensor,
+    pub layers: Vec<Block>,
+    /// `[H]` f32
+    pub norm: Tensor,
+    /// `[V, H]`
+    pub lm_head: Tensor,
+    /// The lm_head's adapter (the `lm_head` LoRA target; off by default).
+    pub lm_head_lora: Option<LoraLinear>,
+    pub rope: RopeTable,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// Per-layer KV cache for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub layers: Vec<LayerCache>,
+}
+
+impl Cache {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); cfg.num_hidden_layers],
+        }
+    }
+
+    /// Keys held by layer `l` (sliding layers hold at most the window).
+    pub fn layer_len(&self, l: usize) -> usize {
+        self.layers.get(l).map_or(0, |c| c.len())
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|c| c.kv = None);
+    }
+}
+
+impl Block {
+    /// One decoder layer: `x + Attn(RMSNorm(x))`, then `+ MoE(RMSNorm(·))`. Also what the
+    /// trainer's activation checkpointing recomputes.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        offset: usize,
+        eps: f64,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let h = kernels::rms_norm(x, &self.input_norm, eps)?;
+        let x = (x + self.attn.forward(&h, cos, sin, offset, cache)?)?;
+        let (b, t, hd) = x.dims3()?;
+        let h = kernels::rms_norm(&x, &self.post_norm, eps)?.reshape((b * t, hd))?;
+        let y = self.moe.forward(&h)?.reshape((b, t, hd))?;
+        Ok((x + y)?)
+    }
+}
+
+impl GptOss {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn run(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+        let (_, t) = ids.dims2().context("input ids must be [B, T]")?;
+        if t == 0 {
+            bail!("empty input");
+        }
+        let v = self.cfg.vocab_size;
+        let ids = ids.to_dtype(DType::U32)?;
+        let max_id = ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max_id >= v {
+            bail!("token id {max_id} is outside the vocabulary (size {v})");
+        }
+        let mut x = self.embed_tokens(&ids)?;
+        let (cos, sin) = self.rope.cos_sin(offset, t, &self.device)?;
+        let eps = self.cfg.rms_norm_eps;
+        for (l, block) in self.layers.iter().enumerate() {
+            let c = match cache.as_deref_mut() {
+                Some(c) => Some(
+                    c.layers
+                        .get_mut(l)
+                        .context("cache has fewer layers than the model")?,
+                ),
+                None => None,
+            };
+            x = block
+                .forward(&x, &cos, &sin, offset, eps, c)
+                .with_context(|| format!("layer {l}"))?;
+        }
+        Ok(kernels::rms_norm(&x, &self.norm, eps)?)
+    }
+
+    /// `ids [B, T]` → embeddings `[B, T, H]`.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2().context("input ids must be [B, T]")?;
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        Ok(x.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Inference: `ids [B, T]` at positions `offset..offset+T` → logits `[B, T, V]`,
+    /// extending `cache`.
+    pub fn forward(&self, ids: &Tensor, offset: usize, cache: &mut Cache) -> Result<Tensor> {
+        let h = self.run(ids, offset, Some(cache))?;
+        self.logits(&h)
+    }
+
+    /// Training: final-normed hidden states `[B, T, H]` for positions `0..T` (no cache).
+    /// Right padding needs no mask: attention is causal.
+    pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, 0, None)
+    }
+
+    /// `hidden [..., H]` (from `forward_hidden`) → logits `[..., V]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let hd = self.cfg.hidden_size;
+        let mut shape = hidden.dims().to_vec();
+        let h2 = hidden.reshape(((), hd))?;
+        let mut y = kernels::linear(&h2, &self.lm_head, None)?;
+        if let Some(l) = &self.lm_head_lora {
+            y = (y + l.delta(&l.lora_input(&h2)?)?)?;
+        }
+        let last = shape.len() - 1;
+        shape[last] = self.cfg.vocab_size;
+        Ok(y.reshape(shape)?)
+    }
+
+    /// Every adaptable projection (the registry's sites for this model's shape).
+    pub fn lora_targets(&self) -> Vec<LoraTarget> {
+        targets::all_sites(&self.cfg)
+    }
+
+    /// The adapter slot of `target` at `layer` (the one place that maps registry targets to
+    /// the fields that hold their adapters).
+    pub fn lora_slot(&mut self, target: Target, layer: usize) -> Result<LoraSlot<'_>> {
+        if target == Target::LmHead {
+            return Ok(LoraSlot::Dense(&mut self.lm_head_lora));
+        }
+        let n = self.layers.len();
+        let b = self
+            .layers
+            .get_mut(layer)
+            .with_context(|| format!("{target} at layer {layer}: the model has {n} layers"))?;
+        Ok(match target {
+            Target::Q => LoraSlot::Dense(&mut b.attn.q_proj.lora),
+            Target::K => LoraSlot::Dense(&mut b.attn.k_proj.lora),
+            Target::V => LoraSlot::Dense(&mut b.attn.v_proj.lora),
+            Target::O => LoraSlot::Dense(&mut b.attn.o_proj.lora),
+            Target::Router => LoraSlot::Dense(&mut b.moe.router.lora),
+            Target::Gate => LoraSlot::Experts(&mut b.moe.gate_lora),
+            Target::Up => LoraSlot::Experts(&mut b.moe.up_lora),
+            Target::Down => LoraSlot::Experts(&mut b.moe.down_lora),
+            Target::LmHead => unreachable!("handled above"),
+        })
+    }
+
+    /// Calls `f` with every adaptable site and its slot, in registry order.
+    pub fn visit_lora(
+        &mut self,
+        mut f: impl FnMut(&LoraTarget, LoraSlot<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for site in self.lora_targets() {
+            let slot = self.lora_slot(site.target, site.layer)?;
+            f(&site, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches (or replaces) the adapter of projection `name` (a `lora_targets()` name).
+    pub fn attach_lora(&mut self, name: &str, adapter: impl Into<LoraAdapter>) -> Result<()> {
+        let site = self
+            .lora_targets()
+            .into_iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("unknown LoRA target {name}"))?;
+        match (self.lora_slot(site.target, site.layer)?, adapter.into()) {
+            (LoraSlot::Dense(slot), LoraAdapter::Linear(l)) => {
+                check_linear(&site, &l)?;
+                *slot = Some(l);
+            }
+            (LoraSlot::Experts(slot), LoraAdapter::Switch(l)) => {
+                check_switch(&site, &l)?;
+                *slot = Some(l);
+            }
+            (LoraSlot::Dense(_), LoraAdapter::Switch(_)) => {
+                bail!("{name} is a dense projection: attach a LoraLinear")
+            }
+            (LoraSlot::Experts(_), LoraAdapter::Linear(_)) => {
+                bail!("{name} is an expert projection: attach a SwitchLora")
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every adapter (the forward is the base model again).
+    pub fn clear_lora(&mut self) {
+        // Cannot fail: every registry site of this model has a slot.
+        let _ = self.visit_lora(|_, slot| {
+            slot.clear();
+            Ok(())
+        });
+    }
+
+    /// Turns LoRA dropout on for the forwards that follow (`Some`: p and this forward's seed)
+    /// or off (`None`, or p = 0). Every attached adapter gets `d.for_target(its name)`;
+    /// adapters attached later start without dropout. The trainer sets it around each training
+    /// micro-step only (see `lora::dropout`).
+    pub fn set_lora_dropout(&mut self, d: Option<LoraDropout>) {
+        let d = d.filter(|d| d.p > 0.0);
+        let _ = self.visit_lora(|site, slot| {
+            slot.set_dropout(d.map(|d| d.for_target(&site.name)));
+            Ok(())
+        });
+    }
+}

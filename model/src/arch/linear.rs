@@ -1,0 +1,53 @@
+//! A dense projection `y = x Wᵀ + b` with an optional LoRA delta.
+
+use crate::kernels;
+use crate::lora::adapter::LoraLinear;
+use anyhow::Result;
+use candle_core::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Tensor,
+    /// `[out]`
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraLinear>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    pub fn out_in(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[0], d[1])
+    }
+
+    /// `x [..., in]` → `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, inp) = self.out_in();
+        let mut shape = x.dims().to_vec();
+        let x2 = x.reshape(((), inp))?;
+        let base = || kernels::linear(&x2, &self.weight, self.bias.as_ref());
+        let y = match &self.lora {
+            None => base()?,
+            // LoRA dropout (training only): the base reads x, the LoRA path dropout(x), so
+            // the fused op, which feeds one input to both, does not apply.
+            Some(l) if l.dropout.is_some() => (base()? + l.delta(&l.lora_input(&x2)?)?)?,
+            Some(l) => kernels::lora_linear(
+                &x2,
+                (&self.weight, self.bias.as_ref()),
+                (l.a.as_tensor(), l.b.as_tensor()),
+                l.scale,
+            )?,
+        };
+        let last = shape.len() - 1;
+        shape[last] = out;
+        Ok(y.reshape(shape)?)
+    }
+}

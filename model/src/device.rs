@@ -1,0 +1,51 @@
+//! The one parser of device and dtype names (`cpu`, `cuda`, `metal`; `f32`, `bf16`, `f16`),
+//! shared by the training config, every command's `--device` / `--dtype` and the benches.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+
+/// Opens device `name` (device 0 for cuda / metal), saying how to rebuild when this binary was
+/// built without that backend.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => Device::new_cuda(0).context("opening CUDA device 0"),
+        "metal" if cfg!(feature = "metal") => {
+            Device::new_metal(0).context("opening Metal device 0")
+        }
+        "cuda" | "metal" => bail!(
+            "device {name}: this osstune was built without {name} (rebuild with \
+             `cargo build --release --features {name}`)"
+        ),
+        _ => bail!("unknown device {name:?} (cpu, cuda, metal)"),
+    }
+}
+
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => bail!("unknown dtype {name:?} (f32, bf16, f16)"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("cpu, cuda, metal"));
+        assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
+        assert!(parse_dtype("f8").is_err());
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda").unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}

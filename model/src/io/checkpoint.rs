@@ -1,0 +1,257 @@
+//! Name → tensor access over the safetensors files of a checkpoint directory.
+//!
+//! Files are memory-mapped; a tensor is read only when asked for, so merge can stream one
+//! layer at a time. Sharded checkpoints are resolved through `model.safetensors.index.json`
+//! (never by guessing shard names: HF's are 0-based, MLX's 1-based).
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// tensor name → index into `files`
+    route: BTreeMap<String, usize>,
+}
+
+/// Shape and dtype of one stored tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::U8 => DType::U8,
+        S::U32 => DType::U32,
+        S::I64 => DType::I64,
+        S::BF16 => DType::BF16,
+        S::F16 => DType::F16,
+        S::F32 => DType::F32,
+        S::F64 => DType::F64,
+        _ => return None,
+    })
+}
+
+fn open_file(path: &Path) -> Result<MmapedSafetensors> {
+    if !path.exists() {
+        bail!("missing file {}", path.display());
+    }
+    crate::io::tensor_bounds::check_file(path)?;
+    // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
+    // truncating it while the model is alive.
+    unsafe { MmapedSafetensors::new(path) }
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json` if present, else `dir/model.safetensors`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        if index_path.exists() {
+            Self::open_index(&dir, &index_path)
+        } else if single.exists() {
+            Self::open_files(&dir, &[single])
+        } else {
+            bail!(
+                "no model.safetensors or model.safetensors.index.json in {}",
+                dir.display()
+            )
+        }
+    }
+
+    /// Opens an explicit list of files (later files win on duplicate names).
+    pub fn open_files(dir: &Path, paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut route = BTreeMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let st = open_file(p)?;
+            for (name, _) in st.tensors() {
+                route.insert(name, i);
+            }
+            files.push((p.clone(), st));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            route,
+        })
+    }
+
+    fn open_index(dir: &Path, index_path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index_path)
+            .with_context(|| format!("cannot read {}", index_path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", index_path.display()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{} has no weight_map object", index_path.display()))?;
+        let mut file_ids: HashMap<String, usize> = HashMap::new();
+        let mut files = Vec::new();
+        let mut route = BTreeMap::new();
+        for (name, file) in map {
+            let file = file.as_str().with_context(|| {
+                format!(
+                    "{}: weight_map[{name}] is not a string",
+                    index_path.display()
+                )
+            })?;
+            let id = match file_ids.get(file) {
+                Some(&id) => id,
+                None => {
+                    let path = dir.join(file);
+                    let st = open_file(&path).with_context(|| {
+                        format!("listed in {} for {name}", index_path.display())
+                    })?;
+                    files.push((path, st));
+                    file_ids.insert(file.to_string(), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            route.insert(name.clone(), id);
+        }
+        for (name, &id) in &route {
+            let (path, st) = &files[id];
+            if st.get(name).is_err() {
+                bail!(
+                    "{} maps tensor {name} to {}, which does not contain it",
+                    index_path.display(),
+                    path.display()
+                );
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            route,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.route.keys().map(|s| s.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.route.contains_key(name)
+    }
+
+    /// The file holding `name`.
+    pub fn file_of(&self, name: &str) -> Result<&Path> {
+        let id = self.id(name)?;
+        Ok(&self.files[id].0)
+    }
+
+    fn id(&self, name: &str) -> Result<usize> {
+        self.route
+            .get(name)
+            .copied()
+            .with_context(|| format!("missing tensor {name} in {}", self.dir.display()))
+    }
+
+    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
+        let id = self.id(name)?;
+        let (path, st) = &self.files[id];
+        st.get(name)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading {name} from {}", path.display()))
+    }
+
+    pub fn info(&self, name: &str) -> Result<TensorInfo> {
+        let v = self.view(name)?;
+        let dtype = map_dtype(v.dtype()).with_context(|| {
+            format!(
+                "tensor {name} in {}: unsupported dtype {:?}",
+                self.file_of(name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                v.dtype()
+            )
+        })?;
+        Ok(TensorInfo {
+            shape: v.shape().to_vec(),
+            dtype,
+        })
+    }
+
+    /// Raw little-endian bytes of a tensor, straight from the mapping.
+    pub fn bytes(&self, name: &str) -> Result<(&[u8], TensorInfo)> {
+        let info = self.info(name)?;
+        let id = self.id(name)?;
+        let v = self.files[id]
+            .1
+            .get(name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((v.data(), info))
+    }
+
+    /// Loads a tensor in its stored dtype.
+    pub fn load(&self, name: &str, dev: &Device) -> Result<Tensor> {
+        self.info(name)?;
+        let v = self.view(name)?;
+        v.load(dev)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("loading {name} from {}", self.dir.display()))
+    }
+
+    /// Loads a tensor, checks its shape and converts floats to `dtype` (integer tensors are
+    /// returned as stored).
+    pub fn load_shaped(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let info = self.info(name)?;
+        if info.shape != shape {
+            bail!(
+                "tensor {name} in {}: wrong shape, expected {shape:?}, found {:?}",
+                self.file_of(name)?.display(),
+                info.shape
+            );
+        }
+        let t = self.load(name, dev)?;
+        if info.dtype.is_float() {
+            Ok(t.to_dtype(dtype)?)
+        } else {
+            Ok(t)
+        }
+    }
+
+    /// Like `load_shaped` but for a float tensor only (names the dtype problem otherwise).
+    pub fn load_float(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let info = self.info(name)?;
+        if !info.dtype.is_float() {
+            bail!(
+                "tensor {name} in {}: expected a float dtype, found {:?}",
+                self.file_of(name)?.display(),
+                info.dtype
+            );
+        }
+        self.load_shaped(name, shape, dtype, dev)
+    }
+}

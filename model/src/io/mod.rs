@@ -1,0 +1,8 @@
+//! Checkpoints on disk: layout detection and tensor access ([`checkpoint`]), building a
+//! [`crate::GptOss`] from one ([`load`]), and seeded random checkpoints ([`tiny`]).
+
+pub mod checkpoint;
+pub mod layout;
+pub mod load;
+pub mod tensor_bounds;
+pub mod tiny;

@@ -1,0 +1,15 @@
+//! CPU f32 kernels: rayon over rows / blocks / expert segments, `gemm` for the products, and
+//! the AVX2 + FMA row loops of `vecmath.rs`. Called only through `kernels`' dispatch
+//! functions, which checked the tensors are contiguous f32 on the CPU.
+
+pub(crate) mod attention;
+pub(crate) mod expert_proj;
+pub(crate) mod grouped;
+pub(crate) mod linear_ce;
+pub(crate) mod lora_linear;
+pub(crate) mod masked_softmax;
+pub(crate) mod moe;
+pub(crate) mod moe_experts;
+pub(crate) mod ops;
+pub(crate) mod routing;
+pub(crate) mod vecmath;

@@ -1,0 +1,11 @@
+//! LoRA: which projections can be adapted ([`targets`]), the factors attached to them
+//! ([`adapter`]) and training-time dropout on their input ([`dropout`]).
+
+pub mod adapter;
+pub mod dropout;
+pub mod file;
+pub mod targets;
+
+pub use adapter::{LoraAdapter, LoraLinear, LoraSlot, SwitchLora};
+pub use dropout::LoraDropout;
+pub use targets::{LoraTarget, Target};

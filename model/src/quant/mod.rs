@@ -1,0 +1,6 @@
+//! How weights are stored: MXFP4 (the gpt-oss release), MLX affine groups, and the stacked
+//! expert matrices that keep whichever storage the checkpoint had.
+
+pub mod affine;
+pub mod experts;
+pub mod mxfp4;
