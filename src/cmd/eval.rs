@@ -77,6 +77,7 @@ impl EvalModelArgs {
             json: true,
             no_kv_cache: false,
             max_context: None,
+            allow_other_base: false,
         })
     }
 }

@@ -48,6 +48,10 @@ pub struct ModelArgs {
     /// LoRA adapter directory (adapters.safetensors + adapter_config.json), applied unmerged.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Apply --adapter even though it was trained on a base with other weights (same
+    /// architecture, different content digest).
+    #[arg(long, requires = "adapter")]
+    pub allow_other_base: bool,
     /// 0 = greedy. Default as the gpt-oss recipe recommends.
     #[arg(long, default_value_t = 0.95)]
     pub temperature: f64,
@@ -182,6 +186,9 @@ impl Session {
         let tok = Tokenizer::from_model_dir(dir)
             .with_context(|| format!("loading the tokenizer for {}", dir.display()))?;
         if let Some(ad) = &args.adapter {
+            if args.allow_other_base {
+                model.content_digest = None; // skip the base content check
+            }
             attach_adapter(&mut model, ad, &device)?;
         }
         Ok(Self {

@@ -259,7 +259,7 @@ fn kill_9_mid_run_then_resume_finishes_from_the_last_checkpoint() {
         .spawn()
         .unwrap();
     let latest = || std::fs::read_to_string(out.join("checkpoints/latest")).unwrap_or_default();
-    wait_until("two checkpoints", || latest() >= "step-000002".to_string());
+    wait_until("two checkpoints", || latest().as_str() >= "step-000002");
     signal(child.id(), libc::SIGKILL);
     child.wait().unwrap();
     let step: usize = latest().trim_start_matches("step-").parse().unwrap();
