@@ -36,7 +36,9 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Interactive multi-turn chat.
     Chat(cmd::chat::Args),
-    /// Benchmarks (release builds): forward, train, optim, data, merge.
+    /// OpenAI-compatible chat-completions server (for coding agents such as opencode).
+    Serve(cmd::serve::Args),
+    /// Benchmarks (release builds): forward, train, optim, data, merge, serve.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Evaluate: task suite with sandboxed code execution, agent-trace metrics, comparisons.
@@ -54,6 +56,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Eval(c) => cmd::eval::run(c),
     }

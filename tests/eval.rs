@@ -199,7 +199,15 @@ fn session_loss_equals_training_validation_and_generation_is_scored() {
             .arg(root().join("examples/sessions"))
             .arg("--out")
             .arg(&data)
-            .args(["--seed", "42", "--valid-fraction", "0.1"]),
+            // The tiny recipe's length (configs/tiny.toml), as the demo converts.
+            .args([
+                "--seed",
+                "42",
+                "--valid-fraction",
+                "0.1",
+                "--max-seq-len",
+                "512",
+            ]),
     );
     // One step of the tiny recipe: its validation at step 0 is the base model's loss.
     run_ok(

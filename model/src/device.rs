@@ -13,9 +13,13 @@ pub fn parse_device(name: &str) -> Result<Device> {
         "metal" if cfg!(feature = "metal") => {
             Device::new_metal(0).context("opening Metal device 0")
         }
-        "cuda" | "metal" => bail!(
-            "device {name}: this osstune was built without {name} (rebuild with \
-             `cargo build --release --features {name}`)"
+        "cuda" => bail!(
+            "cuda: this osstune was built without CUDA (rebuild with \
+             `cargo build --release --features cuda`)"
+        ),
+        "metal" => bail!(
+            "metal: this osstune was built without Metal (rebuild with \
+             `cargo build --release --features metal`)"
         ),
         _ => bail!("unknown device {name:?} (cpu, cuda, metal)"),
     }

@@ -8,4 +8,5 @@ pub mod generate;
 pub mod init_tiny;
 pub mod merge;
 pub mod out_guard;
+pub mod serve;
 pub mod train;

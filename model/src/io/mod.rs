@@ -5,5 +5,6 @@ pub mod checkpoint;
 pub mod content_digest;
 pub mod layout;
 pub mod load;
+pub mod real_shape;
 pub mod tensor_bounds;
 pub mod tiny;

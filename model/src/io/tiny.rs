@@ -28,23 +28,32 @@ pub enum ExpertFormat {
     Dense,
 }
 
-struct Shape {
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    experts: usize,
-    top_k: usize,
-    inter: usize,
-    vocab: usize,
-    window: usize,
-    dtype: DType,
+/// The dimensions a random checkpoint is written with (the `config.json` fields of
+/// docs/gpt-oss.md §1.1 that vary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub inter: usize,
+    pub vocab: usize,
+    pub window: usize,
+    pub dtype: DType,
 }
 
-fn shape(p: Preset) -> Shape {
+impl Preset {
+    pub fn shape(self) -> ModelShape {
+        shape(self)
+    }
+}
+
+fn shape(p: Preset) -> ModelShape {
     match p {
-        Preset::Tiny => Shape {
+        Preset::Tiny => ModelShape {
             hidden: 64,
             layers: 4,
             heads: 4,
@@ -57,7 +66,7 @@ fn shape(p: Preset) -> Shape {
             window: 32,
             dtype: DType::BF16,
         },
-        Preset::Bench => Shape {
+        Preset::Bench => ModelShape {
             hidden: 512,
             layers: 4,
             heads: 8,
@@ -110,7 +119,12 @@ impl Writer {
 
 /// The config.json written for a preset (hub spelling plus `layer_types`).
 pub fn config_json(p: Preset, experts: ExpertFormat) -> serde_json::Value {
-    let s = shape(p);
+    config_for(&shape(p), experts == ExpertFormat::Mxfp4)
+}
+
+/// The config.json of a checkpoint of shape `s` (with the MXFP4 `quantization_config` when
+/// its experts are packed).
+pub fn config_for(s: &ModelShape, mxfp4: bool) -> serde_json::Value {
     let layer_types: Vec<&str> = (0..s.layers)
         .map(|l| {
             if l % 2 == 0 {
@@ -154,7 +168,7 @@ pub fn config_json(p: Preset, experts: ExpertFormat) -> serde_json::Value {
         "output_router_logits": false,
         "torch_dtype": if s.dtype == DType::BF16 { "bfloat16" } else { "float32" },
     });
-    if experts == ExpertFormat::Mxfp4 {
+    if mxfp4 {
         cfg["quantization_config"] = serde_json::json!({
             "quant_method": "mxfp4",
             "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",

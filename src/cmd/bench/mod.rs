@@ -4,6 +4,7 @@ mod data;
 mod forward;
 mod merge;
 mod optim;
+mod serve;
 mod train;
 
 #[derive(clap::Subcommand)]
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     Data(data::Args),
     /// Merge time and peak memory.
     Merge(merge::Args),
+    /// `osstune serve`: time to first token and tokens/s for 1/4/8 clients, prefix cache on/off.
+    Serve(serve::Args),
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
@@ -27,5 +30,6 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Optim(a) => optim::run(a),
         BenchCommand::Data(a) => data::run(a),
         BenchCommand::Merge(a) => merge::run(a),
+        BenchCommand::Serve(a) => serve::run(a),
     }
 }

@@ -380,7 +380,9 @@ impl FusedAttention {
 /// Whether the shape suits this kernel: whole groups of query heads per KV head, and an even
 /// head dimension (RoPE's two halves).
 pub(crate) fn eligible(shape: AttentionShape) -> bool {
-    shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 && shape.head_dim % 2 == 0
+    shape.n_kv_heads > 0
+        && shape.n_heads.is_multiple_of(shape.n_kv_heads)
+        && shape.head_dim.is_multiple_of(2)
 }
 
 /// The attention core (see the module docs) on CPU f32 `q`, `k`, `v`.
