@@ -77,7 +77,6 @@ impl EvalModelArgs {
             json: true,
             no_kv_cache: false,
             max_context: None,
-            allow_other_base: false,
         })
     }
 }

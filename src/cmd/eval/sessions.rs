@@ -106,7 +106,6 @@ pub fn run(a: SessionsArgs) -> Result<()> {
         json: true,
         no_kv_cache: false,
         max_context: None,
-        allow_other_base: false,
     })?;
     let tf = teacher_forced(&session, &a)?;
     println!(
