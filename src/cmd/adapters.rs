@@ -51,6 +51,9 @@ pub enum AdaptersCommand {
         ids: Vec<u32>,
         #[arg(long)]
         out: PathBuf,
+        /// Apply the adapter even though it was trained on a base with other weights.
+        #[arg(long)]
+        allow_other_base: bool,
     },
 }
 
@@ -82,6 +85,7 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
                 num_hidden_layers: cfg.num_hidden_layers,
                 hidden_size: cfg.hidden_size,
                 num_local_experts: cfg.num_local_experts,
+                content_digest: osstune_model::io::content_digest::content_digest_of_dir(&model)?,
             };
             import_checked(&from, &out, format, &base, &model)?;
             eprintln!("wrote osstune adapter to {}", out.display());
@@ -91,7 +95,8 @@ pub fn run(c: AdaptersCommand) -> Result<()> {
             adapter,
             ids,
             out,
-        } => logits(&model, adapter.as_deref(), &ids, &out)?,
+            allow_other_base,
+        } => logits(&model, adapter.as_deref(), &ids, &out, allow_other_base)?,
     }
     Ok(())
 }
@@ -148,6 +153,7 @@ fn logits(
     adapter: Option<&std::path::Path>,
     ids: &[u32],
     out: &std::path::Path,
+    allow_other_base: bool,
 ) -> Result<()> {
     use candle_core::{DType, Device, Tensor};
     use osstune_train::adapters::{safetensors_bytes, Adapters};
@@ -157,6 +163,9 @@ fn logits(
     }
     let dev = Device::Cpu;
     let mut model = osstune_model::GptOss::load(model_dir, &dev, DType::F32)?;
+    if allow_other_base {
+        model.content_digest = None; // skip the base content check
+    }
     if let Some(a) = adapter {
         let ad = Adapters::load(a, &target_shapes(&model), &base_info(&model), &dev)?;
         attach(&mut model, &ad)?;

@@ -5,7 +5,7 @@
 //! `auto_drop_analysis` does), so each turn re-renders system + history + the new message.
 //! `/reset` forgets the history, `/exit` (or end of input) quits. Works with piped stdin.
 
-use super::generate::{ModelArgs, Session};
+use super::generate::{BaseCheck, ModelArgs, Session};
 use anyhow::{Context, Result};
 use osstune_harmony::Message;
 use std::io::{BufRead, IsTerminal, Write};
@@ -14,10 +14,12 @@ use std::io::{BufRead, IsTerminal, Write};
 pub struct Args {
     #[command(flatten)]
     pub common: ModelArgs,
+    #[command(flatten)]
+    pub base: BaseCheck,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let s = Session::open(&args.common)?;
+    let s = Session::open_with(&args.common, args.base)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("osstune chat: type a message; /reset clears the history, /exit quits.");

@@ -101,10 +101,21 @@ pub struct Args {
     /// Token ids fed as-is, comma-separated (for tools and reference comparisons).
     #[arg(long)]
     pub ids: Option<String>,
+    #[command(flatten)]
+    pub base: BaseCheck,
+}
+
+/// The adapter's base check (kept out of `ModelArgs`, which other commands build in code).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct BaseCheck {
+    /// Apply --adapter even though it was trained on a base with other weights (same
+    /// architecture, different content digest).
+    #[arg(long)]
+    pub allow_other_base: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let s = Session::open(&args.common)?;
+    let s = Session::open_with(&args.common, args.base)?;
     let prompt = match (&args.prompt, &args.raw, &args.ids) {
         (Some(p), _, _) => s.completion_prompt(&[Message::user(p.as_str())])?,
         (None, Some(r), _) => s.tok.encode(r, true).context("tokenizing --raw")?,
@@ -164,6 +175,11 @@ fn context_limit(args: &ModelArgs) -> Result<usize> {
 
 impl Session {
     pub fn open(args: &ModelArgs) -> Result<Self> {
+        Self::open_with(args, BaseCheck::default())
+    }
+
+    /// As `open`, with `--allow-other-base` applied to the adapter.
+    pub fn open_with(args: &ModelArgs, base: BaseCheck) -> Result<Self> {
         let dir = &args.model;
         if !dir.is_dir() {
             bail!("--model {}: not a directory", dir.display());
@@ -182,6 +198,9 @@ impl Session {
         let tok = Tokenizer::from_model_dir(dir)
             .with_context(|| format!("loading the tokenizer for {}", dir.display()))?;
         if let Some(ad) = &args.adapter {
+            if base.allow_other_base {
+                model.content_digest = None; // skip the base content check
+            }
             attach_adapter(&mut model, ad, &device)?;
         }
         Ok(Self {

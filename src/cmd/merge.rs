@@ -1,6 +1,6 @@
 //! `osstune merge`: fold an adapter into its base and write a full checkpoint.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use osstune_merge::{merge, Dtype, Format, MergeOptions, VerifyOptions};
 use std::path::PathBuf;
 
@@ -53,6 +53,29 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Merge even though the adapter was trained on a base with other weights (same
+    /// architecture, different content digest).
+    #[arg(long)]
+    pub allow_other_base: bool,
+}
+
+/// Refuses an adapter trained on another base of the same architecture: the content digest
+/// it recorded (`base_model.content_digest`) against the base's.
+fn check_base_content(args: &Args) -> Result<()> {
+    let p = args.adapter.join("adapter_config.json");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(()); // the merge itself reports a missing or unreadable config
+    };
+    let j: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+    let Some(recorded) = j["base_model"]["content_digest"].as_str() else {
+        return Ok(());
+    };
+    if args.allow_other_base {
+        return Ok(());
+    }
+    let base = osstune_model::io::content_digest::content_digest_of_dir(&args.model)?;
+    osstune_model::io::content_digest::check(Some(recorded), base.as_deref(), &args.adapter)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(t) = args.verify_tol {
         osstune_merge::verify::check_tolerance(t)?;
     }
+    check_base_content(&args)?;
     let format = match args.format {
         FormatArg::Hf => Format::Hf,
         FormatArg::HfMxfp4 => Format::HfMxfp4,

@@ -185,3 +185,74 @@ fn import_validates_values_before_writing() {
     let err = fails(&mut load_adapter(&adapter));
     assert!(err.contains("non-finite value"), "{err}");
 }
+
+/// A copy of the fixture model with one RMSNorm weight changed: same architecture (and
+/// fingerprint), other weights.
+fn other_base(dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(fixture_model().join(f), dst.join(f)).unwrap();
+    }
+    let b = std::fs::read(fixture_model().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let at = 8 + n + h["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let mut b = b.clone();
+    b[at..at + 4].copy_from_slice(&0.5f32.to_le_bytes());
+    std::fs::write(dst.join("model.safetensors"), b).unwrap();
+}
+
+#[test]
+fn an_adapter_is_refused_on_another_base_of_the_same_shape() {
+    let tmp = Scratch::new("other-base");
+    let adapter = tmp.join("adapter");
+    copy_adapter(&adapter);
+    let cfg = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    assert!(cfg.contains("content_digest"), "{cfg}");
+    let other = tmp.join("other");
+    other_base(&other);
+    let logits = |model: &Path| {
+        let mut c = bin();
+        c.args(["adapters", "logits", "--ids", "1,2", "--model"])
+            .arg(model)
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(tmp.join("logits.safetensors"));
+        c
+    };
+    let err = fails(&mut logits(&other));
+    assert!(
+        err.contains("content digest") && err.contains("--allow-other-base"),
+        "{err}"
+    );
+    ok(logits(&other).arg("--allow-other-base"));
+    let merge = |out: &str| {
+        let mut c = bin();
+        c.arg("merge")
+            .arg("--model")
+            .arg(&other)
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(tmp.join(out))
+            .arg("--quiet");
+        c
+    };
+    let err = fails(&mut merge("refused"));
+    assert!(err.contains("content digest"), "{err}");
+    assert!(!tmp.join("refused").exists());
+    // A bf16 merge of the right base (other dtype; LoRA never touches norms or sinks) keeps
+    // the digest, so it is accepted: the digest tells bases apart, not merges of one base.
+    let bf16 = tmp.join("bf16");
+    ok(bin()
+        .arg("merge")
+        .arg("--model")
+        .arg(fixture_model())
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--out")
+        .arg(&bf16)
+        .args(["--dtype", "bf16", "--quiet"]));
+    ok(&mut logits(&bf16));
+}

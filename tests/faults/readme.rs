@@ -21,7 +21,7 @@ fn readme_keys() -> Vec<(String, String)> {
             .trim_matches('`')
             .trim_matches(['[', ']'])
             .to_string();
-        for entry in cols[2].split(", ") {
+        for entry in outside_parentheses(cols[2]).split(", ") {
             let Some(rest) = entry.strip_prefix('`') else {
                 continue;
             };
@@ -30,6 +30,21 @@ fn readme_keys() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// `s` without its (possibly nested) parenthesized parts, which hold values and notes.
+fn outside_parentheses(s: &str) -> String {
+    let mut depth = 0usize;
+    s.chars()
+        .filter(|&c| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ => return depth == 0,
+            }
+            false
+        })
+        .collect()
 }
 
 #[test]

@@ -246,3 +246,63 @@ fn samples_longer_than_the_recipe_are_refused_with_the_convert_command() {
         "{err}"
     );
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn kill_9_mid_run_then_resume_finishes_from_the_last_checkpoint() {
+    let tmp = Scratch::new("kill9");
+    let (data, out) = (tmp.join("data"), tmp.join("out"));
+    write_data(&data, 8);
+    let mut child = train(&data, &out, 100_000)
+        .args(["--set", "train.save_every=1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = || std::fs::read_to_string(out.join("checkpoints/latest")).unwrap_or_default();
+    wait_until("two checkpoints", || latest().as_str() >= "step-000002");
+    signal(child.id(), libc::SIGKILL);
+    child.wait().unwrap();
+    let step: usize = latest().trim_start_matches("step-").parse().unwrap();
+    let t = ok(train(&data, &out, step + 2)
+        .args(["--set", "train.save_every=1"])
+        .arg("--resume"));
+    assert!(t.contains(&format!("step {step}")), "{t}");
+    // The log holds each step once, whatever the killed run wrote after its checkpoint.
+    let steps: Vec<u64> = metrics(&out, "train")
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=step as u64 + 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_full_disk_fails_the_run_and_keeps_the_previous_checkpoint() {
+    let tmp = Scratch::new("disk-full");
+    let (data, out) = (tmp.join("data"), tmp.join("out"));
+    write_data(&data, 8);
+    ok(&mut train(&data, &out, 2));
+    // A file-size limit (ulimit -f, in 512-byte blocks; SIGXFSZ ignored so writes fail with
+    // EFBIG) stands in for a full disk: the next checkpoint cannot be written.
+    let mut cmd = train(&data, &out, 3);
+    cmd.arg("--resume");
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 8; exec '{}' {}",
+        cmd.get_program().to_string_lossy(),
+        args.join(" ")
+    );
+    let err = fails(std::process::Command::new("sh").args(["-c", &script]));
+    assert!(
+        err.contains("step-000003") || err.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("checkpoints/latest")).unwrap(),
+        "step-000002"
+    );
+    // With room again, the resume completes.
+    ok(train(&data, &out, 3).arg("--resume"));
+}

@@ -37,6 +37,9 @@ pub struct GptOss {
     pub rope: RopeTable,
     pub device: Device,
     pub dtype: DType,
+    /// `io::content_digest` of the checkpoint it was loaded from (None if unknown, or cleared
+    /// to apply an adapter of another base on purpose).
+    pub content_digest: Option<String>,
 }
 
 /// Per-layer KV cache for incremental decoding.

@@ -331,6 +331,7 @@ impl GptOss {
             rope,
             device: dev.clone(),
             dtype,
+            content_digest: crate::io::content_digest::content_digest(&ck)?,
         })
     }
 }

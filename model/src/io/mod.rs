@@ -2,6 +2,7 @@
 //! [`crate::GptOss`] from one ([`load`]), and seeded random checkpoints ([`tiny`]).
 
 pub mod checkpoint;
+pub mod content_digest;
 pub mod layout;
 pub mod load;
 pub mod real_shape;

@@ -29,6 +29,9 @@ pub struct BaseModelInfo {
     pub num_hidden_layers: usize,
     pub hidden_size: usize,
     pub num_local_experts: usize,
+    /// `io::content_digest` of the base's norms and sinks (absent in older adapters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
 }
 
 impl BaseModelInfo {
@@ -41,6 +44,7 @@ impl BaseModelInfo {
             num_hidden_layers: c.num_hidden_layers,
             hidden_size: c.hidden_size,
             num_local_experts: c.num_local_experts,
+            content_digest: model.content_digest.clone(),
         }
     }
 }
@@ -93,6 +97,11 @@ pub fn read_adapter(
             fp(base)
         );
     }
+    crate::io::content_digest::check(
+        config.base_model.content_digest.as_deref(),
+        base.content_digest.as_deref(),
+        dir,
+    )?;
     let path = dir.join(WEIGHTS_FILE);
     let mut tensors = read_safetensors(&path, device)?;
     let n_layers = base.num_hidden_layers;
