@@ -5,14 +5,14 @@
 use crate::st::{Dtype, Tensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use osstune_model::lora::file::read_config;
+use osstune_model::io::adapter::read_config;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// A LoRA attachment point: the model's target registry.
 pub use osstune_model::Target;
 
-pub use osstune_model::lora::file::AdapterConfig;
+pub use osstune_model::io::adapter::AdapterConfig;
 
 /// Shape a target has in the base: `experts` is `Some(E)` for expert matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

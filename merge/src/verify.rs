@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use osstune_model::arch::gpt_oss::GptOss;
-use osstune_model::lora::file::attach_dir;
+use osstune_model::io::adapter::attach_dir;
 use osstune_model::Config;
 use std::path::Path;
 

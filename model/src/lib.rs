@@ -7,7 +7,7 @@
 //! - [`kernels`]: one dispatch point per fused op (reference composition + device backends);
 //! - [`lora`]: the LoRA target registry, adapter factors and dropout masks;
 //! - [`arch`]: the decoder itself (attention, MoE, the model);
-//! - [`io`]: checkpoint layouts, loading, random checkpoints;
+//! - [`io`]: checkpoint layouts, loading, adapter folders, random checkpoints;
 //! - [`generate`]: sampling and the generation loop.
 
 pub mod arch;

@@ -375,7 +375,7 @@ fn attach_adapter(model: &mut GptOss, dir: &std::path::Path, device: &Device) ->
     if !dir.is_dir() {
         bail!("--adapter {}: not a directory", dir.display());
     }
-    osstune_model::lora::file::attach_dir(model, dir, device)
+    osstune_model::io::adapter::attach_dir(model, dir, device)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
     Ok(())
 }

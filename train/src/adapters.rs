@@ -10,11 +10,11 @@ use crate::config::TrainConfig;
 use crate::rng::{SplitMix64, PURPOSE_INIT};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use osstune_model::lora::file::read_adapter;
+use osstune_model::io::adapter::read_adapter;
 use osstune_model::{LoraTarget, Target};
 use std::path::Path;
 
-pub use osstune_model::lora::file::{
+pub use osstune_model::io::adapter::{
     factor_shapes, read_config, read_safetensors, safetensors_bytes, AdapterConfig, BaseModelInfo,
     CONFIG_FILE, WEIGHTS_FILE,
 };
@@ -152,7 +152,7 @@ impl Adapters {
     }
 
     /// Loads adapters saved by `save`, checked against the base (see
-    /// `osstune_model::lora::file::read_adapter`).
+    /// `osstune_model::io::adapter::read_adapter`).
     pub fn load(
         dir: &Path,
         all: &[TargetShape],

@@ -1,6 +1,7 @@
 //! Checkpoints on disk: layout detection and tensor access ([`checkpoint`]), building a
 //! [`crate::GptOss`] from one ([`load`]), and seeded random checkpoints ([`tiny`]).
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod content_digest;
 pub mod layout;

@@ -3,7 +3,6 @@
 
 pub mod adapter;
 pub mod dropout;
-pub mod file;
 pub mod targets;
 
 pub use adapter::{LoraAdapter, LoraLinear, LoraSlot, SwitchLora};
