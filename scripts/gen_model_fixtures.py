@@ -6,8 +6,8 @@ Writes fixtures/model/:
   dense/   config.json + model.safetensors  (HF layout, dense experts gate_up_proj [E,H,2I],
            down_proj [E,I,H]) and reference.safetensors
   mxfp4/   config.json (quantization_config mxfp4) + model.safetensors with experts as
-           *_blocks / *_scales (quantized here, docs/gpt-oss.md §2.2) and reference.safetensors computed
-           by transformers from the DEQUANTIZED expert weights
+           *_blocks / *_scales (quantized here, docs/gpt-oss.md §2.2) and
+           reference.safetensors computed by transformers from the DEQUANTIZED expert weights
   mxfp4_bytes.json  known MXFP4 byte patterns and their dequantized values
 
 reference.safetensors holds

@@ -4,23 +4,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use osstune_rng::SplitMix64;
 use serde_json::{json, Value};
 
-/// Small deterministic generator (SplitMix64): the bench input must not depend on `rand`.
-struct Mix(u64);
+/// The bench input must not depend on `rand`: the project's one seeded generator.
+type Mix = SplitMix64;
 
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+fn mix(seed: u64) -> Mix {
+    SplitMix64::new(seed)
 }
 
 const WORDS: &[&str] = &[
@@ -196,7 +187,7 @@ fn opencode_export(r: &mut Mix, sid: &str, turns: usize) -> String {
 /// Write `n` sessions (half Claude Code JSONL, half opencode exports) under `dir`.
 pub fn write_sessions(dir: &Path, n: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut r = Mix(seed);
+    let mut r = mix(seed);
     for i in 0..n {
         let turns = 2 + r.below(6) as usize;
         let (name, body) = if i % 2 == 0 {
@@ -226,7 +217,7 @@ pub fn write_event_capture(path: &Path, n: usize, seed: u64) -> Result<()> {
     }
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(f);
-    let mut r = Mix(seed);
+    let mut r = mix(seed);
     let emit = |w: &mut std::io::BufWriter<std::fs::File>, v: Value| -> Result<()> {
         writeln!(w, "data: {v}\n").with_context(|| format!("writing {}", path.display()))
     };
@@ -325,7 +316,7 @@ pub fn write_chat_parquet(path: &Path, rows: usize, seed: u64) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w =
         SerializedFileWriter::new(f, std::sync::Arc::new(schema), std::sync::Arc::new(props))?;
-    let mut r = Mix(seed);
+    let mut r = mix(seed);
     let mut start = 0;
     while start < rows {
         let end = (start + 10_000).min(rows);

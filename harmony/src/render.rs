@@ -71,7 +71,8 @@ pub fn system_text(sys: &SystemContent, has_function_tools: bool) -> String {
     sections.join("\n\n")
 }
 
-/// The developer message text: `# Instructions` and the `functions` namespace (docs/gpt-oss.md §5.4).
+/// The developer message text: `# Instructions` and the `functions` namespace
+/// (docs/gpt-oss.md §5.4).
 pub fn developer_text(dev: &DeveloperContent) -> String {
     let mut sections = Vec::new();
     if let Some(instr) = &dev.instructions {

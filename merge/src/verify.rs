@@ -74,14 +74,9 @@ pub fn check_probe_len(cfg: &Config, len: usize) -> Result<()> {
 
 /// Probe ids: 2 sequences × `len` tokens, seeded, inside the vocabulary.
 pub fn probe_ids(vocab: usize, len: usize, dev: &Device) -> Result<Tensor> {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = osstune_rng::SplitMix64::new(0x9e37_79b9_7f4a_7c15);
     let ids: Vec<u32> = (0..2 * len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % vocab as u64) as u32
-        })
+        .map(|_| rng.below(vocab as u64) as u32)
         .collect();
     Ok(Tensor::from_vec(ids, (2, len), dev)?)
 }

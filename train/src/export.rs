@@ -1,4 +1,5 @@
-//! `osstune adapters export|import`: osstune adapters ↔ PEFT and mlx-lm files (docs/gpt-oss.md §3).
+//! `osstune adapters export|import`: osstune adapters ↔ PEFT and mlx-lm files
+//! (docs/gpt-oss.md §3).
 //!
 //! PEFT (`adapter_model.safetensors` + `adapter_config.json`, loaded with
 //! `PeftModel.from_pretrained` on transformers' GptOssForCausalLM):

@@ -1,5 +1,5 @@
-//! gpt-oss attention (docs/gpt-oss.md §1.4): biased q/k/v/o, GQA, half-split YaRN RoPE, learned sinks,
-//! causal mask with an optional sliding window of W keys including the query itself.
+//! gpt-oss attention (docs/gpt-oss.md §1.4): biased q/k/v/o, GQA, half-split YaRN RoPE,
+//! learned sinks, causal mask with an optional sliding window of W keys including the query itself.
 
 use crate::arch::linear::Linear;
 use crate::kernels::{self, AttentionShape, CausalMask};

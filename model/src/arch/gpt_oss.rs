@@ -1,5 +1,5 @@
-//! The gpt-oss decoder (docs/gpt-oss.md §1.2): embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x)))
-//! → RMSNorm → untied lm_head. Loading lives in `load.rs`.
+//! The gpt-oss decoder (docs/gpt-oss.md §1.2):
+//! embed → L × (x + Attn(RMSNorm(x)); x + MoE(RMSNorm(x))) → RMSNorm → untied lm_head. Loading lives in `load.rs`.
 
 use crate::arch::attention::{Attention, LayerCache};
 use crate::arch::moe::Moe;

@@ -1,5 +1,5 @@
-//! gpt-oss MoE block (docs/gpt-oss.md §1.6): router (with bias) → top-k → softmax over the k logits;
-//! per expert u = W1·t + b1 with gate/up (stored de-interleaved: rows 0..I gate, I..2I up),
+//! gpt-oss MoE block (docs/gpt-oss.md §1.6): router (with bias) → top-k → softmax over the k
+//! logits; per expert u = W1·t + b1 with gate/up (stored de-interleaved: rows 0..I gate, I..2I up),
 //! gate capped above at `limit`, up clamped to ±limit, h = gate·σ(α·gate)·(up + 1),
 //! y = W2·h + b2, output Σ weight·y.
 //!

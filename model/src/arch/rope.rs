@@ -1,5 +1,5 @@
-//! YaRN rotary tables (docs/gpt-oss.md §1.5), matching transformers' `_compute_yarn_parameters` with
-//! `truncate: false`: the correction range low/high is not floored/ceiled, and cos/sin carry
+//! YaRN rotary tables (docs/gpt-oss.md §1.5), matching transformers'
+//! `_compute_yarn_parameters` with `truncate: false`: the correction range low/high is not floored/ceiled, and cos/sin carry
 //! the attention factor 0.1·ln(factor) + 1.
 
 use crate::config::Config;
