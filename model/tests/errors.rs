@@ -253,3 +253,28 @@ fn out_of_vocab_ids_are_an_error() {
     let e = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap_err();
     assert!(format!("{e:#}").contains("outside the vocabulary"), "{e:#}");
 }
+
+/// An activation that overflows at inference is named by the layer that produced it (the
+/// weights are finite, so the load-time checks pass): here the last layer's attention and
+/// expert biases are f32::MAX, whose sum overflows to inf in that layer's residual.
+#[test]
+fn non_finite_layer_output_is_named_by_its_layer() {
+    let mut m = GptOss::load(fixture("dense"), &Device::Cpu, DType::F32).unwrap();
+    let last = m.layers.len() - 1;
+    let h = m.cfg.hidden_size;
+    let e = m.cfg.num_local_experts;
+    let big = |shape: &[usize]| Tensor::full(f32::MAX, shape, &Device::Cpu).unwrap();
+    m.layers[last].attn.o_proj.bias = Some(big(&[h]));
+    m.layers[last].moe.down_bias = big(&[e, h]);
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    let err = m.forward(&ids, 0, &mut Cache::new(&m.cfg)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        osstune_model::error::NonFinite::in_chain(&err),
+        "not a NonFinite: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("layer {last} produced a non-finite value")),
+        "{msg}"
+    );
+}

@@ -5,6 +5,7 @@ use crate::arch::attention::{Attention, LayerCache};
 use crate::arch::moe::Moe;
 use crate::arch::rope::RopeTable;
 use crate::config::Config;
+use crate::error::NonFinite;
 use crate::kernels;
 use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
 use crate::lora::targets::{self, LoraTarget, Target};
@@ -105,6 +106,9 @@ impl GptOss {
         let mut x = self.embed_tokens(&ids)?;
         let (cos, sin) = self.rope.cos_sin(offset, t, &self.device)?;
         let eps = self.cfg.rms_norm_eps;
+        // Inference checks each layer's output (one reduction a layer): a non-finite value is
+        // named by the layer that produced it, not found layers later as a router NaN.
+        let check = cache.is_some();
         for (l, block) in self.layers.iter().enumerate() {
             let c = match cache.as_deref_mut() {
                 Some(c) => Some(
@@ -117,6 +121,9 @@ impl GptOss {
             x = block
                 .forward(&x, &cos, &sin, offset, eps, c)
                 .with_context(|| format!("layer {l}"))?;
+            if check {
+                check_finite(&x, l)?;
+            }
         }
         Ok(kernels::rms_norm(&x, &self.norm, eps)?)
     }
@@ -241,5 +248,38 @@ impl GptOss {
             slot.set_dropout(d.map(|d| d.for_target(&site.name)));
             Ok(())
         });
+    }
+}
+
+/// Errors with [`NonFinite`] naming layer `l` (and the weights it reads) when its output `x`
+/// holds a NaN or ±inf: any such value makes the sum non-finite.
+pub fn check_finite(x: &Tensor, l: usize) -> Result<()> {
+    let sum = x.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    Err(NonFinite {
+        what: format!(
+            "layer {l} produced a non-finite value (its weights: model.layers.{l}.*; the weights \
+             were finite when loaded, so an activation overflowed)"
+        ),
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_finite_names_the_layer() {
+        let ok = Tensor::new(&[[1f32, -2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        assert!(check_finite(&ok, 0).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::new(&[[1f32, bad]], &Device::Cpu).unwrap();
+            let e = check_finite(&t, 7).unwrap_err();
+            assert!(NonFinite::in_chain(&e), "{e:#}");
+            assert!(e.to_string().contains("layer 7"), "{e:#}");
+        }
     }
 }
