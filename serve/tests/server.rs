@@ -182,7 +182,14 @@ fn eight_concurrent_streams_all_complete() {
         let (_, _, _, finish) = concat_stream(&chunks);
         assert!(!finish.is_empty(), "no finish_reason");
     }
-    let h = health(addr);
+    // The worker books a request as completed after it has sent the last chunk, so a client
+    // can see `[DONE]` a moment before the counters move: wait for them (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut h = health(addr);
+    while (h["completed"] != 8 || h["active"] != 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        h = health(addr);
+    }
     assert_eq!(h["completed"], 8, "{h}");
     assert_eq!(h["active"], 0, "{h}");
 }
