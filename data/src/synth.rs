@@ -7,12 +7,7 @@ use anyhow::{Context, Result};
 use osstune_rng::SplitMix64;
 use serde_json::{json, Value};
 
-/// The bench input must not depend on `rand`: the project's one seeded generator.
-type Mix = SplitMix64;
-
-fn mix(seed: u64) -> Mix {
-    SplitMix64::new(seed)
-}
+// The bench input must not depend on `rand`: it uses the project's one seeded generator.
 
 const WORDS: &[&str] = &[
     "parser",
@@ -35,14 +30,14 @@ const WORDS: &[&str] = &[
     "option",
 ];
 
-fn words(r: &mut Mix, n: usize) -> String {
+fn words(r: &mut SplitMix64, n: usize) -> String {
     (0..n)
         .map(|_| WORDS[r.below(WORDS.len() as u64) as usize])
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-fn code(r: &mut Mix, lines: usize) -> String {
+fn code(r: &mut SplitMix64, lines: usize) -> String {
     (0..lines)
         .map(|i| {
             format!(
@@ -58,7 +53,7 @@ fn code(r: &mut Mix, lines: usize) -> String {
 /// One turn: (prompt, steps as (kind, a, b)) where kind is think/text/call.
 type SynthTurn = (String, Vec<(String, String, String)>, String);
 
-fn turn(r: &mut Mix) -> SynthTurn {
+fn turn(r: &mut SplitMix64) -> SynthTurn {
     let prompt = format!(
         "Please fix the {} in the {} module.",
         words(r, 2),
@@ -96,7 +91,7 @@ fn turn(r: &mut Mix) -> SynthTurn {
     (prompt, steps, fin)
 }
 
-fn claude_session(r: &mut Mix, sid: &str, turns: usize) -> String {
+fn claude_session(r: &mut SplitMix64, sid: &str, turns: usize) -> String {
     let mut lines = Vec::new();
     let mut parent = Value::Null;
     let mut n = 0;
@@ -152,7 +147,7 @@ fn claude_session(r: &mut Mix, sid: &str, turns: usize) -> String {
     lines.join("\n") + "\n"
 }
 
-fn opencode_export(r: &mut Mix, sid: &str, turns: usize) -> String {
+fn opencode_export(r: &mut SplitMix64, sid: &str, turns: usize) -> String {
     let mut msgs = Vec::new();
     let mut k = 0;
     let mut next = |p: &str| {
@@ -187,7 +182,7 @@ fn opencode_export(r: &mut Mix, sid: &str, turns: usize) -> String {
 /// Write `n` sessions (half Claude Code JSONL, half opencode exports) under `dir`.
 pub fn write_sessions(dir: &Path, n: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut r = mix(seed);
+    let mut r = SplitMix64::new(seed);
     for i in 0..n {
         let turns = 2 + r.below(6) as usize;
         let (name, body) = if i % 2 == 0 {
@@ -217,7 +212,7 @@ pub fn write_event_capture(path: &Path, n: usize, seed: u64) -> Result<()> {
     }
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(f);
-    let mut r = mix(seed);
+    let mut r = SplitMix64::new(seed);
     let emit = |w: &mut std::io::BufWriter<std::fs::File>, v: Value| -> Result<()> {
         writeln!(w, "data: {v}\n").with_context(|| format!("writing {}", path.display()))
     };
@@ -316,7 +311,7 @@ pub fn write_chat_parquet(path: &Path, rows: usize, seed: u64) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w =
         SerializedFileWriter::new(f, std::sync::Arc::new(schema), std::sync::Arc::new(props))?;
-    let mut r = mix(seed);
+    let mut r = SplitMix64::new(seed);
     let mut start = 0;
     while start < rows {
         let end = (start + 10_000).min(rows);

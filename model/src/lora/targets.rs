@@ -98,6 +98,23 @@ const REGISTRY: [Row; 9] = [
     row(Target::LmHead, "lm_head", "lm_head", false, false, false, Peft::Module("lm_head")),
 ];
 
+/// The registry is indexed by the enum's discriminant: a row out of order, or a variant
+/// without a row, fails the build rather than answering with another target's row.
+const ROWS_IN_ENUM_ORDER: () = {
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        assert!(
+            REGISTRY[i].target as usize == i,
+            "target registry out of enum order"
+        );
+        i += 1;
+    }
+    assert!(
+        REGISTRY.len() == Target::LmHead as usize + 1,
+        "a target without a row"
+    );
+};
+
 impl Target {
     /// Every target, in registry order.
     pub const ALL: [Target; 9] = [
@@ -113,11 +130,10 @@ impl Target {
     ];
 
     fn row(self) -> &'static Row {
-        // Every variant has a row (`registry_covers_every_target`).
-        REGISTRY
-            .iter()
-            .find(|r| r.target == self)
-            .unwrap_or(&REGISTRY[0])
+        #[allow(clippy::let_unit_value)]
+        let () = ROWS_IN_ENUM_ORDER;
+        // Row i is variant i: checked when the crate compiles (`ROWS_IN_ENUM_ORDER`).
+        &REGISTRY[self as usize]
     }
 
     /// The targets a default config adapts.
