@@ -291,7 +291,7 @@ fn step(model: &GptOss, a: &mut Active, prefix: &PrefixCache) -> Result<Step> {
     let offset = a.fed.len();
     let x = Tensor::new(ids.as_slice(), &model.device)?.unsqueeze(0)?;
     let logits = model
-        .forward(&x, offset, &mut a.cache)
+        .forward_last(&x, offset, &mut a.cache)
         .with_context(|| format!("forward of {} tokens at position {offset}", ids.len()))?;
     a.fed.extend_from_slice(&ids);
     if a.pending > 0 {

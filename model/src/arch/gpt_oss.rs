@@ -10,6 +10,7 @@ use crate::kernels;
 use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
 use crate::lora::targets::{self, LoraTarget, Target};
 use crate::lora::LoraDropout;
+use crate::quant::matrix::Matrix;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -26,13 +27,13 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub struct GptOss {
     pub cfg: Config,
-    /// `[V, H]`
-    pub embed: Tensor,
+    /// `[V, H]`, frozen.
+    pub embed: Matrix,
     pub layers: Vec<Block>,
     /// `[H]` f32
     pub norm: Tensor,
-    /// `[V, H]`
-    pub lm_head: Tensor,
+    /// `[V, H]`, frozen.
+    pub lm_head: Matrix,
     /// The lm_head's adapter (the `lm_head` LoRA target; off by default).
     pub lm_head_lora: Option<LoraLinear>,
     pub rope: RopeTable,
@@ -131,7 +132,8 @@ impl GptOss {
     /// `ids [B, T]` → embeddings `[B, T, H]`.
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().context("input ids must be [B, T]")?;
-        let x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let ids: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+        let x = self.embed.rows(&ids, self.dtype, &self.device)?;
         Ok(x.reshape((b, t, self.cfg.hidden_size))?)
     }
 
@@ -140,6 +142,16 @@ impl GptOss {
     pub fn forward(&self, ids: &Tensor, offset: usize, cache: &mut Cache) -> Result<Tensor> {
         let h = self.run(ids, offset, Some(cache))?;
         self.logits(&h)
+    }
+
+    /// Inference for generation: like [`GptOss::forward`] but only the last position's
+    /// logits `[B, V]`. A prompt of T tokens then costs one lm_head product instead of T
+    /// (at gpt-oss sizes the lm_head is 201088 × 2880: as much work per position as ~20
+    /// layers' routed experts).
+    pub fn forward_last(&self, ids: &Tensor, offset: usize, cache: &mut Cache) -> Result<Tensor> {
+        let h = self.run(ids, offset, Some(cache))?;
+        let t = h.dim(1)?;
+        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
 
     /// Training: final-normed hidden states `[B, T, H]` for positions `0..T` (no cache).

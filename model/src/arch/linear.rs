@@ -2,30 +2,30 @@
 
 use crate::kernels;
 use crate::lora::adapter::LoraLinear;
+use crate::quant::matrix::Matrix;
 use anyhow::Result;
 use candle_core::Tensor;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out, in]`
-    pub weight: Tensor,
+    /// `[out, in]`, frozen (in the checkpoint's mapping on the CPU).
+    pub weight: Matrix,
     /// `[out]`
     pub bias: Option<Tensor>,
     pub lora: Option<LoraLinear>,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn new(weight: impl Into<Matrix>, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            weight: weight.into(),
             bias,
             lora: None,
         }
     }
 
     pub fn out_in(&self) -> (usize, usize) {
-        let d = self.weight.dims();
-        (d[0], d[1])
+        self.weight.out_in()
     }
 
     /// `x [..., in]` → `[..., out]`.

@@ -83,7 +83,7 @@ impl<'a> Decoder<'a> {
                 self.tokens.extend_from_slice(part);
                 last = Some(
                     self.model
-                        .forward(&x, offset, &mut self.cache)
+                        .forward_last(&x, offset, &mut self.cache)
                         .with_context(|| {
                             format!("forward of {} tokens at position {offset}", part.len())
                         })?,
@@ -95,7 +95,7 @@ impl<'a> Decoder<'a> {
             let x = Tensor::new(self.tokens.as_slice(), dev)?.unsqueeze(0)?;
             let mut fresh = Cache::new(self.model.config());
             self.model
-                .forward(&x, 0, &mut fresh)
+                .forward_last(&x, 0, &mut fresh)
                 .with_context(|| format!("forward of {} tokens", self.tokens.len()))?
         };
         last_row(&logits)

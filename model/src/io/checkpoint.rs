@@ -1,20 +1,35 @@
 //! Name → tensor access over the safetensors files of a checkpoint directory.
 //!
-//! Files are memory-mapped; a tensor is read only when asked for, so merge can stream one
-//! layer at a time. Sharded checkpoints are resolved through `model.safetensors.index.json`
+//! Files are memory-mapped once; a tensor is read only when asked for, so merge can stream
+//! one layer at a time, and [`Checkpoint::mapped`] hands out a tensor's bytes in the mapping
+//! itself (the CPU model keeps its weights there instead of copying them to the heap). Sharded checkpoints are resolved through `model.safetensors.index.json`
 //! (never by guessing shard names: HF's are 0-based, MLX's 1-based).
 
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::{Load, MmapedSafetensors};
+use crate::quant::bytes::Bytes;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<(PathBuf, MmapedSafetensors)>,
+    files: Vec<(PathBuf, Mapped)>,
     /// tensor name → index into `files`
     route: BTreeMap<String, usize>,
+}
+
+/// One mapped safetensors file and its parsed header.
+struct Mapped {
+    map: Arc<memmap2::Mmap>,
+    /// name → (stored dtype, shape, absolute byte range in the file)
+    tensors: HashMap<String, (safetensors::Dtype, Vec<usize>, std::ops::Range<usize>)>,
+}
+
+impl Mapped {
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
 }
 
 /// Shape and dtype of one stored tensor.
@@ -38,16 +53,32 @@ fn map_dtype(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
-fn open_file(path: &Path) -> Result<MmapedSafetensors> {
+fn open_file(path: &Path) -> Result<Mapped> {
     if !path.exists() {
         bail!("missing file {}", path.display());
     }
-    crate::io::tensor_bounds::check_file(path)?;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
     // truncating it while the model is alive.
-    unsafe { MmapedSafetensors::new(path) }
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    crate::io::tensor_bounds::check_mapped(path, &map)?;
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("{} is not a valid safetensors file", path.display()))
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let data = 8 + n;
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let (a, b) = t.data_offsets;
+            (name, (t.dtype, t.shape.clone(), data + a..data + b))
+        })
+        .collect();
+    Ok(Mapped {
+        map: Arc::new(map),
+        tensors,
+    })
 }
 
 impl Checkpoint {
@@ -74,8 +105,8 @@ impl Checkpoint {
         let mut route = BTreeMap::new();
         for (i, p) in paths.iter().enumerate() {
             let st = open_file(p)?;
-            for (name, _) in st.tensors() {
-                route.insert(name, i);
+            for name in st.names() {
+                route.insert(name.clone(), i);
             }
             files.push((p.clone(), st));
         }
@@ -121,7 +152,7 @@ impl Checkpoint {
         }
         for (name, &id) in &route {
             let (path, st) = &files[id];
-            if st.get(name).is_err() {
+            if !st.tensors.contains_key(name) {
                 bail!(
                     "{} maps tensor {name} to {}, which does not contain it",
                     index_path.display(),
@@ -166,27 +197,29 @@ impl Checkpoint {
             .with_context(|| format!("missing tensor {name} in {}", self.dir.display()))
     }
 
-    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
+    /// The file's entry for `name`: stored dtype, shape and byte range.
+    fn entry(&self, name: &str) -> Result<(&Mapped, safetensors::Dtype, &[usize], std::ops::Range<usize>)> {
         let id = self.id(name)?;
         let (path, st) = &self.files[id];
-        st.get(name)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("reading {name} from {}", path.display()))
+        let (dt, shape, range) = st
+            .tensors
+            .get(name)
+            .with_context(|| format!("reading {name} from {}", path.display()))?;
+        Ok((st, *dt, shape, range.clone()))
     }
 
     pub fn info(&self, name: &str) -> Result<TensorInfo> {
-        let v = self.view(name)?;
-        let dtype = map_dtype(v.dtype()).with_context(|| {
+        let (_, dt, shape, _) = self.entry(name)?;
+        let dtype = map_dtype(dt).with_context(|| {
             format!(
-                "tensor {name} in {}: unsupported dtype {:?}",
+                "tensor {name} in {}: unsupported dtype {dt:?}",
                 self.file_of(name)
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
-                v.dtype()
             )
         })?;
         Ok(TensorInfo {
-            shape: v.shape().to_vec(),
+            shape: shape.to_vec(),
             dtype,
         })
     }
@@ -194,20 +227,21 @@ impl Checkpoint {
     /// Raw little-endian bytes of a tensor, straight from the mapping.
     pub fn bytes(&self, name: &str) -> Result<(&[u8], TensorInfo)> {
         let info = self.info(name)?;
-        let id = self.id(name)?;
-        let v = self.files[id]
-            .1
-            .get(name)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok((v.data(), info))
+        let (st, _, _, range) = self.entry(name)?;
+        Ok((&st.map[range], info))
+    }
+
+    /// A tensor's bytes as a shareable handle on the mapping (no copy).
+    pub fn mapped(&self, name: &str) -> Result<(Bytes, TensorInfo)> {
+        let info = self.info(name)?;
+        let (st, _, _, range) = self.entry(name)?;
+        Ok((Bytes::mapped(st.map.clone(), range), info))
     }
 
     /// Loads a tensor in its stored dtype.
     pub fn load(&self, name: &str, dev: &Device) -> Result<Tensor> {
-        self.info(name)?;
-        let v = self.view(name)?;
-        v.load(dev)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        let (bytes, info) = self.bytes(name)?;
+        Tensor::from_raw_buffer(bytes, info.dtype, &info.shape, dev)
             .with_context(|| format!("loading {name} from {}", self.dir.display()))
     }
 

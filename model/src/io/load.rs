@@ -6,6 +6,11 @@
 //! SwitchLinear `[E, out, in]`, optionally `mxfp4`/`affine` quantized, with `.scales` and for
 //! affine `.biases` — not to be confused with the layer `.bias`). Experts end up in one form:
 //! `[E, 2I, H]` with gate rows first, quantized experts still packed.
+//!
+//! On the CPU in f32 the frozen weights are not copied: dense matrices (bf16 in the release)
+//! and MXFP4 experts are handles on the checkpoint's mapping (`quant::{matrix, experts}`),
+//! HF's interleaved gate/up rows included, and only the small vectors (norms, sinks,
+//! biases) and MLX's affine experts are read onto the heap.
 
 use crate::arch::attention::Attention;
 use crate::arch::gpt_oss::{Block, GptOss};
@@ -16,7 +21,9 @@ use crate::config::Config;
 use crate::io::checkpoint::Checkpoint;
 use crate::io::layout::ExpertLayout;
 use crate::quant::affine::{self, QuantMode};
-use crate::quant::experts::ExpertMat;
+use crate::quant::bytes::Bytes;
+use crate::quant::experts::{ExpertMat, Packed, PackedPart};
+use crate::quant::matrix::{Matrix, Stored};
 use crate::quant::mxfp4;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -27,6 +34,9 @@ struct Loader<'a> {
     cfg: &'a Config,
     dev: &'a Device,
     dtype: DType,
+    /// Frozen matrices and packed experts stay in the checkpoint's mapping (CPU, f32 compute:
+    /// the CPU kernels widen them per tile). Otherwise they become tensors of `dtype` on `dev`.
+    in_place: bool,
 }
 
 /// `[0, 2, 4, …, 1, 3, 5, …]`: de-interleaves gate (even) / up (odd) rows.
@@ -48,7 +58,13 @@ impl Loader<'_> {
     }
 
     fn u8_bytes(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (bytes, info) = self.ck.bytes(name)?;
+        let bytes = self.packed_bytes(name, shape)?;
+        Ok(Tensor::from_slice(bytes.as_slice(), shape, self.dev)?)
+    }
+
+    /// A packed U8 (or MLX U32) tensor's bytes where they lie, checked against `shape` (bytes).
+    fn packed_bytes(&self, name: &str, shape: &[usize]) -> Result<Bytes> {
+        let (bytes, info) = self.ck.mapped(name)?;
         if info.dtype != DType::U8 && info.dtype != DType::U32 {
             bail!(
                 "tensor {name} in {}: expected U8/U32 packed data, found {:?}",
@@ -66,22 +82,47 @@ impl Loader<'_> {
                 info.shape
             );
         }
-        Ok(Tensor::from_slice(bytes, shape, self.dev)?)
+        Ok(bytes)
     }
 
-    /// A dense `[out, in]` matrix stored at `{path}.weight`, dequantized if MLX quantized it.
-    fn matrix(&self, path: &str, out: usize, inp: usize) -> Result<Tensor> {
+    /// Packed MXFP4 experts `{blocks}`/`{scales}` of `[e, rows, inp]` where they lie.
+    fn packed(&self, (blocks, scales): (&str, &str), (e, rows, inp): (usize, usize, usize), interleaved: bool) -> Result<Packed> {
+        let part = PackedPart {
+            blocks: self.packed_bytes(blocks, &[e, rows, inp / 32, 16])?,
+            scales: self.packed_bytes(scales, &[e, rows, inp / 32])?,
+            rows,
+        };
+        Packed::new(vec![part], e, inp, interleaved).with_context(|| format!("tensor {blocks}"))
+    }
+
+    /// A dense `[out, in]` matrix stored at `{path}.weight`: where it lies if it can stay
+    /// there, dequantized if MLX quantized it.
+    fn matrix(&self, path: &str, out: usize, inp: usize) -> Result<Matrix> {
         let wname = format!("{path}.weight");
         let sname = format!("{path}.scales");
         if !self.ck.contains(&sname) {
-            return self.float(&wname, &[out, inp]);
+            if self.in_place {
+                let (bytes, info) = self.ck.mapped(&wname)?;
+                if info.shape != [out, inp] {
+                    bail!(
+                        "tensor {wname} in {}: wrong shape, expected {:?}, found {:?}",
+                        self.ck.file_of(&wname)?.display(),
+                        [out, inp],
+                        info.shape
+                    );
+                }
+                if let Some(stored) = Stored::from_dtype(info.dtype) {
+                    return Matrix::mapped(bytes, stored, (out, inp));
+                }
+            }
+            return Ok(self.float(&wname, &[out, inp])?.into());
         }
         let mode = affine::mode_for(self.cfg.mlx_quantization(), path)?;
         let v = match mode {
             QuantMode::Mxfp4 => {
                 let b = self.u8_bytes(&wname, &[out, inp / 32, 16])?;
                 let s = self.u8_bytes(&sname, &[out, inp / 32])?;
-                return mxfp4::dequantize(&b, &s, self.dtype);
+                return Ok(mxfp4::dequantize(&b, &s, self.dtype)?.into());
             }
             QuantMode::Affine { bits, group } => {
                 let (w, winfo) = self.ck.bytes(&wname)?;
@@ -100,7 +141,8 @@ impl Loader<'_> {
         };
         Ok(Tensor::from_vec(v, (out, inp), &Device::Cpu)?
             .to_dtype(self.dtype)?
-            .to_device(self.dev)?)
+            .to_device(self.dev)?
+            .into())
     }
 
     fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
@@ -132,6 +174,11 @@ impl Loader<'_> {
             return Ok(ExpertMat::Dense(self.float(&wname, &[e, out, inp])?));
         }
         match affine::mode_for(self.cfg.mlx_quantization(), path)? {
+            QuantMode::Mxfp4 if self.in_place => Ok(ExpertMat::Packed(self.packed(
+                (&wname, &sname),
+                (e, out, inp),
+                false,
+            )?)),
             QuantMode::Mxfp4 => Ok(ExpertMat::Mxfp4 {
                 blocks: self.u8_bytes(&wname, &[e, out, inp / 32, 16])?,
                 scales: self.u8_bytes(&sname, &[e, out, inp / 32])?,
@@ -162,7 +209,24 @@ impl Loader<'_> {
                 self.ck.dir().display()
             )
         })?;
-        if layout == ExpertLayout::HfMxfp4 {
+        if layout == ExpertLayout::HfMxfp4 && self.in_place {
+            // Left where they lie: the kernels read HF's interleaved gate/up rows in place.
+            let gub = self.float(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
+            Ok((
+                ExpertMat::Packed(self.packed(
+                    (&format!("{p}.gate_up_proj_blocks"), &format!("{p}.gate_up_proj_scales")),
+                    (e, 2 * i, h),
+                    true,
+                )?),
+                gub.index_select(&perm, 1)?,
+                ExpertMat::Packed(self.packed(
+                    (&format!("{p}.down_proj_blocks"), &format!("{p}.down_proj_scales")),
+                    (e, h, i),
+                    false,
+                )?),
+                self.float(&format!("{p}.down_proj_bias"), &[e, h])?,
+            ))
+        } else if layout == ExpertLayout::HfMxfp4 {
             // HF MXFP4: rows interleaved gate/up; the row permutation moves whole groups.
             let gb = self.u8_bytes(&format!("{p}.gate_up_proj_blocks"), &[e, 2 * i, h / 32, 16])?;
             let gs = self.u8_bytes(&format!("{p}.gate_up_proj_scales"), &[e, 2 * i, h / 32])?;
@@ -255,6 +319,7 @@ impl Loader<'_> {
 fn concat_rows(gate: ExpertMat, up: ExpertMat) -> Result<ExpertMat> {
     Ok(match (gate, up) {
         (ExpertMat::Dense(g), ExpertMat::Dense(u)) => ExpertMat::Dense(Tensor::cat(&[g, u], 1)?),
+        (ExpertMat::Packed(g), ExpertMat::Packed(u)) => ExpertMat::Packed(g.stack_rows(u)?),
         (
             ExpertMat::Mxfp4 {
                 blocks: gb,
@@ -308,6 +373,7 @@ impl GptOss {
             cfg: &cfg,
             dev,
             dtype,
+            in_place: dev.is_cpu() && dtype == DType::F32,
         };
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed = ld.matrix("model.embed_tokens", v, h)?;

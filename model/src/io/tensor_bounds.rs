@@ -13,7 +13,7 @@
 //! length, JSON header, data).
 
 use anyhow::{bail, Context, Result};
-use std::io::Read;
+use rayon::prelude::*;
 use std::path::Path;
 
 /// Largest header accepted (the safetensors crate's own limit is 100 MB).
@@ -96,8 +96,34 @@ pub fn parse_header(header: &[u8], data_len: u64) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Index of the first non-finite value of a float tensor's bytes (little-endian).
+/// Index of the first non-finite value of a float tensor's bytes (little-endian). Blocks of
+/// 4 KiB are first tested with a branch-free OR (which vectorizes); only a block that holds
+/// one is searched element by element.
 fn first_non_finite(dtype: &str, b: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    let suspect = |c: &[u8]| match dtype {
+        "F32" => c.chunks_exact(4).fold(false, |acc, c| {
+            acc | (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+        }),
+        "BF16" => c
+            .chunks_exact(2)
+            .fold(false, |acc, c| acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)),
+        "F16" => c
+            .chunks_exact(2)
+            .fold(false, |acc, c| acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)),
+        _ => false,
+    };
+    let size = match dtype {
+        "F32" => 4,
+        "BF16" | "F16" => 2,
+        _ => return None,
+    };
+    let k = b.chunks(BLOCK).position(suspect)?;
+    let at = first_non_finite_scalar(dtype, &b[k * BLOCK..])?;
+    Some(k * BLOCK / size + at)
+}
+
+fn first_non_finite_scalar(dtype: &str, b: &[u8]) -> Option<usize> {
     match dtype {
         "F32" => b.chunks_exact(4).position(|c| {
             u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
@@ -114,48 +140,58 @@ fn first_non_finite(dtype: &str, b: &[u8]) -> Option<usize> {
 
 /// Checks `path`'s header and values (see the module docs). Errors name the file and tensor.
 pub fn check_file(path: &Path) -> Result<()> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n).with_context(|| {
-        format!(
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: read-only map, as the loader's own (nobody truncates a model being loaded).
+    let map =
+        unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+    check_mapped(path, &map)
+}
+
+/// [`check_file`] on a file already mapped (`map`). The value scan runs over the tensors in
+/// parallel and in vector-friendly blocks: on a 13 GB checkpoint it reads the float tensors
+/// and the MXFP4 scales (not the blocks, which cannot hold a NaN), once, at memory speed.
+pub fn check_mapped(path: &Path, map: &[u8]) -> Result<()> {
+    let len = map.len() as u64;
+    if len < 8 {
+        bail!(
             "{} is not a valid safetensors file (shorter than the 8-byte header length)",
             path.display()
-        )
-    })?;
-    let n = u64::from_le_bytes(n);
+        );
+    }
+    let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER || n > len - 8 {
         bail!(
             "{} is not a valid safetensors file (header length {n} for a {len}-byte file)",
             path.display()
         );
     }
-    // SAFETY: read-only map, as the loader's own (nobody truncates a model being loaded).
-    let map =
-        unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
     let data = &map[8 + n as usize..];
     let entries = parse_header(&map[8..8 + n as usize], data.len() as u64)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
-    for e in &entries {
+    let bad = entries.par_iter().find_map_first(|e| {
         let bytes = &data[e.start as usize..e.end as usize];
         if let Some(i) = first_non_finite(&e.dtype, bytes) {
-            bail!(
+            return Some(format!(
                 "{}: tensor {} holds a non-finite value (NaN or inf) at element {i}",
                 path.display(),
                 e.name
-            );
+            ));
         }
         if e.dtype == "U8" && e.name.ends_with("_scales") {
             if let Some(i) = bytes.iter().position(|&s| s == 0xFF) {
-                bail!(
+                return Some(format!(
                     "{}: tensor {} holds the MXFP4 scale 0xFF (NaN) at element {i}",
                     path.display(),
                     e.name
-                );
+                ));
             }
         }
+        None
+    });
+    match bad {
+        Some(msg) => bail!("{msg}"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub use mask::CausalMask;
 pub use moe::{combine, dispatch, moe_experts, ExpertLora, Experts, LoraInput};
 pub use op::CResult;
 
+use crate::quant::matrix::Matrix;
 use candle_core::{DType, DeviceLocation, Tensor};
 
 /// A family of kernels: where the tensors live and which dtypes its kernels take.
@@ -96,17 +97,45 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     }
 }
 
-/// `x [n, in] · wᵀ + b` for a constant `w [out, in]`: no gradient to `w` or `b` (candle's
+/// Whether the CPU kernels can read `w` where it lies: mapped bytes, or a contiguous f32
+/// tensor on the CPU.
+fn cpu_matrix(w: &Matrix) -> bool {
+    match w {
+        Matrix::Mapped { .. } => true,
+        Matrix::Tensor(t) => backend(&[t]) == Some(Backend::Cpu),
+    }
+}
+
+/// The backend for tensors `xs` and a frozen matrix `w`: the CPU kernels take `w` in any
+/// storage; every other backend (and the reference) a tensor on the tensors' device.
+fn backend_with(xs: &[&Tensor], w: &Matrix) -> Option<Backend> {
+    match (backend(xs), w) {
+        (Some(Backend::Cpu), w) if cpu_matrix(w) => Some(Backend::Cpu),
+        (Some(Backend::Cpu), _) => None,
+        (rule, Matrix::Tensor(t)) if backend(&[xs[0], t]) == rule => rule,
+        _ => None,
+    }
+}
+
+/// `x [n, in] · wᵀ + b` for a frozen `w [out, in]`: no gradient to `w` or `b` (candle's
 /// matmul backward would form the weight gradient, as expensive as the forward).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+pub fn linear(x: &Tensor, w: &Matrix, b: Option<&Tensor>) -> CResult<Tensor> {
+    let x = x.contiguous()?;
     let rule = match b {
-        Some(b) => backend(&[x, w, b]),
-        None => backend(&[x, w]),
+        Some(b) => backend_with(&[&x, b], w),
+        None => backend_with(&[&x], w),
     };
     match rule {
-        Some(Backend::Cpu) => cpu::ops::linear(x, w, b),
-        _ => reference::linear(x, w, b),
+        Some(Backend::Cpu) => cpu::ops::linear(&x, w, b),
+        _ => reference::linear(&x, &reference_weight(w, &x)?, b),
     }
+}
+
+/// `w` as a tensor of `x`'s dtype on its device, for the reference compositions (a copy
+/// unless it already is one).
+fn reference_weight(w: &Matrix, x: &Tensor) -> CResult<Tensor> {
+    w.to_tensor(x.dtype(), x.device())
+        .map_err(candle_core::Error::wrap)
 }
 
 /// gpt-oss's clamped SwiGLU on `u [n, 2I]` (gate columns, then up columns, docs/gpt-oss.md §1.6):
@@ -190,17 +219,21 @@ pub fn attention_heads(
 /// `A [r, in]`, `B [out, r]`; gradients reach `x`, `A` and `B` (W and b are constants).
 pub fn lora_linear(
     x: &Tensor,
-    (weight, bias): (&Tensor, Option<&Tensor>),
+    (weight, bias): (&Matrix, Option<&Tensor>),
     (a, b): (&Tensor, &Tensor),
     scale: f64,
 ) -> CResult<Tensor> {
+    let x = x.contiguous()?;
     let rule = match bias {
-        Some(bias) => backend(&[x, weight, a, b, bias]),
-        None => backend(&[x, weight, a, b]),
+        Some(bias) => backend_with(&[&x, a, b, bias], weight),
+        None => backend_with(&[&x, a, b], weight),
     };
     match rule {
-        Some(Backend::Cpu) => cpu::lora_linear::lora_linear(x, weight, bias, a, b, scale),
-        _ => reference::lora_linear(x, (weight, bias), (a, b), scale),
+        Some(Backend::Cpu) => cpu::lora_linear::lora_linear(&x, weight, bias, a, b, scale),
+        _ => {
+            let w = reference_weight(weight, &x)?;
+            reference::lora_linear(&x, (&w, bias), (a, b), scale)
+        }
     }
 }
 
@@ -210,16 +243,19 @@ pub fn lora_linear(
 /// rows per thread, the reference `chunk_rows` rows at a time.
 pub fn linear_cross_entropy(
     h: &Tensor,
-    lm: &Tensor,
+    lm: &Matrix,
     (targets, weights): (&[u32], &[f32]),
     grad_scale: Option<f64>,
     chunk_rows: usize,
 ) -> anyhow::Result<(f64, Option<Tensor>)> {
-    let (hc, lmc) = (h.contiguous()?, lm.contiguous()?);
-    match backend(&[&hc, &lmc]) {
+    let hc = h.contiguous()?;
+    match backend_with(&[&hc], lm) {
         Some(Backend::Cpu) => {
-            cpu::linear_ce::linear_cross_entropy_tensors(&hc, &lmc, targets, weights, grad_scale)
+            cpu::linear_ce::linear_cross_entropy_tensors(&hc, lm, targets, weights, grad_scale)
         }
-        _ => reference::linear_cross_entropy(h, lm, (targets, weights), grad_scale, chunk_rows),
+        _ => {
+            let lm = reference_weight(lm, h)?;
+            reference::linear_cross_entropy(h, &lm, (targets, weights), grad_scale, chunk_rows)
+        }
     }
 }

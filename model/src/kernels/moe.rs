@@ -118,7 +118,7 @@ pub fn moe_experts_reference(
         let slot_t = Tensor::new(slots.as_slice(), dev)?;
         let xe = x.index_select(&tok_t, 0)?;
         let w1 = ex.gate_up.expert(e, dtype, dev)?;
-        let mut u = crate::kernels::linear(&xe, &w1, Some(&ex.gate_up_bias.get(e)?))?;
+        let mut u = crate::kernels::reference::linear(&xe, &w1, Some(&ex.gate_up_bias.get(e)?))?;
         if ex.gate_lora.is_some() || ex.up_lora.is_some() {
             let zeros = || Tensor::zeros((xe.dim(0)?, inter), dtype, dev);
             let dg = match &ex.gate_lora {
@@ -133,7 +133,7 @@ pub fn moe_experts_reference(
         }
         let act = crate::kernels::swiglu(&u, ex.limit, ex.alpha)?;
         let w2 = ex.down.expert(e, dtype, dev)?;
-        let mut y = crate::kernels::linear(&act, &w2, Some(&ex.down_bias.get(e)?))?;
+        let mut y = crate::kernels::reference::linear(&act, &w2, Some(&ex.down_bias.get(e)?))?;
         if let Some(l) = &ex.down_lora {
             y = (y + l.delta(e, &act, slots)?)?;
         }

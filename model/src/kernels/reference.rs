@@ -150,7 +150,7 @@ pub fn lora_linear(
     (a, b): (&Tensor, &Tensor),
     scale: f64,
 ) -> CResult<Tensor> {
-    let base = crate::kernels::linear(x, weight, bias)?;
+    let base = linear(x, weight, bias)?;
     base + lora_delta(x, a, b, scale)?
 }
 
@@ -187,7 +187,7 @@ pub fn linear_cross_entropy(
     let mut grads = Vec::new();
     for r0 in (0..rows).step_by(step) {
         let n = step.min(rows - r0);
-        let logits: Vec<f32> = crate::kernels::linear(&h.narrow(0, r0, n)?, lm, None)?
+        let logits: Vec<f32> = linear(&h.narrow(0, r0, n)?, lm, None)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;

@@ -2,5 +2,7 @@
 //! expert matrices that keep whichever storage the checkpoint had.
 
 pub mod affine;
+pub mod bytes;
 pub mod experts;
+pub mod matrix;
 pub mod mxfp4;

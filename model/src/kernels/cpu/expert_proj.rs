@@ -6,9 +6,9 @@
 //! their A are stacked along the rank axis (`[E, R, in]`, R = Σ r_p) and their B along the
 //! output axis (`[E, Σ out_p, r]`), so one `x·Aᵀ` serves both. The MoE op (`moe_experts.rs`)
 //! runs a segment's gate/up, SwiGLU and down back to back through these kernels. Base weights
-//! are constants (no gradient); quantized experts are dequantized per call.
+//! are constants (no gradient), read where they lie (`frozen.rs`).
 
-use crate::kernels::cpu::grouped::with_expert;
+use crate::kernels::cpu::frozen::with_expert;
 use crate::kernels::gemm::{gemm_ld, gemm_rs};
 use crate::kernels::op::CResult;
 use crate::quant::experts::ExpertMat;
@@ -100,9 +100,7 @@ impl Proj<'_> {
         for row in d.chunks_mut(out) {
             row.copy_from_slice(&self.bias[e * out..(e + 1) * out]);
         }
-        with_expert(self.mat, e, |w| {
-            gemm_rs(d, true, (len, out, inp), x, (inp, 1), w, (1, inp), 1.0)
-        })?;
+        with_expert(self.mat, e, |w| w.xwt(x, len, d, out, true))?;
         if self.parts.is_empty() {
             return Ok(());
         }
@@ -139,9 +137,7 @@ impl Proj<'_> {
     ) -> CResult<()> {
         let (out, inp) = self.out_in();
         let len = x.len() / inp.max(1);
-        with_expert(self.mat, e, |w| {
-            gemm_rs(dx, false, (len, inp, out), g, (out, 1), w, (inp, 1), 1.0)
-        })?;
+        with_expert(self.mat, e, |w| w.gw(g, len, out, dx, false))?;
         if self.parts.is_empty() {
             return Ok(());
         }

@@ -4,14 +4,13 @@
 //! Tokens are gathered once in expert order (`xs [M, in]`, M = N·k); segment `(e, start,
 //! len)` rows go through expert `e`. One op per projection instead of a dozen per expert
 //! keeps the autograd graph (and its zero-fill + add per node in backward) small. Base
-//! weights are constants captured by the op; quantized experts are dequantized per expert
-//! inside the op, forward and backward, so nothing dense outlives the call.
+//! weights are constants captured by the op, read where they lie (`frozen.rs`).
 
+use crate::kernels::cpu::frozen::with_expert;
 use crate::kernels::gemm::gemm_rs;
 use crate::kernels::op::{contiguous_f32, num_threads, CResult};
 use crate::quant::experts::ExpertMat;
-use crate::quant::mxfp4;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -93,55 +92,6 @@ pub(crate) fn segment_experts<'a>(
         .collect()
 }
 
-/// Runs `f` on expert `e`'s `[out, in]` f32 row-major weights.
-pub(crate) fn with_expert<R>(mat: &ExpertMat, e: usize, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
-    let (out, inp) = mat.out_in();
-    match mat {
-        ExpertMat::Dense(t) => {
-            let (st, l) = t.storage_and_layout();
-            match (&*st, l.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((a, _))) => {
-                    let off = a + e * out * inp;
-                    Ok(f(&v[off..off + out * inp]))
-                }
-                _ => candle_core::bail!("dense experts must be contiguous f32 on the CPU"),
-            }
-        }
-        ExpertMat::Mxfp4 { blocks, scales } => {
-            let g = inp / 32;
-            let (bs, bl) = blocks.storage_and_layout();
-            let (ss, sl) = scales.storage_and_layout();
-            match (&*bs, bl.contiguous_offsets(), &*ss, sl.contiguous_offsets()) {
-                (
-                    Storage::Cpu(CpuStorage::U8(b)),
-                    Some((b0, _)),
-                    Storage::Cpu(CpuStorage::U8(s)),
-                    Some((s0, _)),
-                ) => {
-                    let nb = out * g * 16;
-                    let ns = out * g;
-                    let mut w = vec![0f32; out * inp];
-                    mxfp4::dequantize_into(
-                        &b[b0 + e * nb..b0 + (e + 1) * nb],
-                        &s[s0 + e * ns..s0 + (e + 1) * ns],
-                        &mut w,
-                    );
-                    Ok(f(&w))
-                }
-                _ => candle_core::bail!("mxfp4 experts must be contiguous U8 on the CPU"),
-            }
-        }
-        ExpertMat::Affine { .. } => {
-            let w = mat
-                .expert(e, DType::F32, &candle_core::Device::Cpu)
-                .map_err(candle_core::Error::wrap)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Ok(f(&w))
-        }
-    }
-}
-
 /// `ys[rows of segment e] = xs[rows] · W_eᵀ + b_e`.
 pub(crate) struct GroupedLinear {
     pub mat: ExpertMat,
@@ -173,10 +123,7 @@ impl CustomOp1 for GroupedLinear {
                 row.copy_from_slice(&bias[e * out..(e + 1) * out]);
             }
             let xr = &x[start * inp..(start + len) * inp];
-            // W_eᵀ as a [in, out] matrix: element (k, j) = W[j, k].
-            with_expert(&self.mat, e, |w| {
-                gemm_rs(d, true, (len, out, inp), xr, (inp, 1), w, (1, inp), 1.0)
-            })
+            with_expert(&self.mat, e, |w| w.xwt(xr, len, d, out, true))
         })?;
         Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
@@ -194,9 +141,7 @@ impl CustomOp1 for GroupedLinear {
         for_segments(items.collect(), |(&(e, start, len), d)| {
             let gr = &gv[start * out..(start + len) * out];
             // dx = g · W_e
-            with_expert(&self.mat, e, |w| {
-                gemm_rs(d, false, (len, inp, out), gr, (out, 1), w, (inp, 1), 1.0)
-            })
+            with_expert(&self.mat, e, |w| w.gw(gr, len, out, d, false))
         })?;
         Ok(Some(Tensor::from_vec(dx, (m, inp), x.device())?))
     }

@@ -10,8 +10,9 @@
 //! depend on the thread count or scheduling (exact `--resume` relies on that).
 
 use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
-use crate::kernels::gemm::gemm_ld;
+use crate::kernels::cpu::frozen::{with_matrix, Frozen};
 use crate::kernels::op::storage_f32;
+use crate::quant::matrix::Matrix;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -74,19 +75,19 @@ thread_local! {
 /// `grad_scale`, d(Σ loss · grad_scale)/dh `[rows, H]`.
 pub(crate) fn linear_cross_entropy(
     h: &[f32],
-    lm: &[f32],
+    lm: &Frozen,
     hd: usize,
     targets: &[u32],
     weights: &[f32],
     grad_scale: Option<f64>,
 ) -> Result<(f64, Option<Vec<f32>>)> {
     let rows = targets.len();
-    let v = lm.len() / hd.max(1);
-    if hd == 0 || lm.len() != v * hd || h.len() != rows * hd || weights.len() != rows {
+    let v = lm.out;
+    if hd == 0 || lm.inp != hd || h.len() != rows * hd || weights.len() != rows {
         bail!(
-            "linear cross-entropy: h {} values, lm_head {} values, hidden {hd}, {rows} targets, {} weights",
+            "linear cross-entropy: h {} values, lm_head [{v}, {}], hidden {hd}, {rows} targets, {} weights",
             h.len(),
-            lm.len(),
+            lm.inp,
             weights.len()
         );
     }
@@ -94,14 +95,14 @@ pub(crate) fn linear_cross_entropy(
         bail!("target token {t} is outside the vocabulary (size {v})");
     }
     let blk = block_rows(v);
-    let block = |b: usize, dh: Option<&mut [f32]>| -> f64 {
+    let block = |b: usize, dh: Option<&mut [f32]>| -> Result<f64> {
         let r0 = b * blk;
         let n = blk.min(rows - r0);
         let mut scratch = LOGITS.with(|l| l.take());
         scratch.resize(n * v, 0.0);
         let logits = &mut scratch[..];
         let hb = &h[r0 * hd..(r0 + n) * hd];
-        gemm_ld(logits, v, false, (n, v, hd), hb, (hd, 1), lm, (1, hd), 1.0);
+        lm.xwt(hb, n, logits, v, false)?;
         let mut loss = 0.0;
         for (i, x) in logits.chunks_mut(v).enumerate() {
             let (t, w) = (targets[r0 + i] as usize, weights[r0 + i]);
@@ -111,10 +112,10 @@ pub(crate) fn linear_cross_entropy(
             };
         }
         if let Some(dh) = dh {
-            gemm_ld(dh, hd, false, (n, hd, v), logits, (v, 1), lm, (hd, 1), 1.0);
+            lm.gw(logits, n, v, dh, false)?;
         }
         LOGITS.with(|l| l.replace(scratch));
-        loss
+        Ok(loss)
     };
     let nblocks = rows.div_ceil(blk);
     let (losses, dh): (Vec<f64>, Option<Vec<f32>>) = match grad_scale {
@@ -124,14 +125,14 @@ pub(crate) fn linear_cross_entropy(
                 .par_chunks_mut(blk * hd)
                 .enumerate()
                 .map(|(b, d)| block(b, Some(d)))
-                .collect();
+                .collect::<Result<_>>()?;
             (losses, Some(dh))
         }
         None => (
             (0..nblocks)
                 .into_par_iter()
                 .map(|b| block(b, None))
-                .collect(),
+                .collect::<Result<_>>()?,
             None,
         ),
     };
@@ -139,21 +140,22 @@ pub(crate) fn linear_cross_entropy(
 }
 
 /// `linear_cross_entropy` on tensors: the rows `h [rows, H]` and the model's lm_head `[V, H]`
-/// (contiguous f32 on the CPU) are read in place (the lm_head is 2.3 GB in f32 for gpt-oss: no
-/// host copy). Returns the summed loss and, with `grad_scale`, dh `[rows, H]`.
+/// are read in place (the lm_head is 1.2 GB of bf16 for gpt-oss, read where it lies and widened
+/// a tile at a time). Returns the summed loss and, with `grad_scale`, dh `[rows, H]`.
 pub(crate) fn linear_cross_entropy_tensors(
     h: &Tensor,
-    lm: &Tensor,
+    lm: &Matrix,
     targets: &[u32],
     weights: &[f32],
     grad_scale: Option<f64>,
 ) -> Result<(f64, Option<Tensor>)> {
     let (rows, hd) = h.dims2()?;
     let (hs, hl) = h.storage_and_layout();
-    let (ls, ll) = lm.storage_and_layout();
     let hv = storage_f32(&hs, hl, "hidden rows")?;
-    let lv = storage_f32(&ls, ll, "lm_head")?;
-    let (loss, dh) = linear_cross_entropy(hv, lv, hd, targets, weights, grad_scale)?;
+    let (loss, dh) = with_matrix(lm, |lm| {
+        linear_cross_entropy(hv, lm, hd, targets, weights, grad_scale)
+            .map_err(candle_core::Error::wrap)
+    })?;
     let dh = match dh {
         Some(d) => Some(Tensor::from_vec(d, (rows, hd), h.device())?),
         None => None,
@@ -164,6 +166,7 @@ pub(crate) fn linear_cross_entropy_tensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::cpu::frozen::Src;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -196,9 +199,10 @@ mod tests {
             })
             .collect();
         let s = 0.37;
-        let (loss, dh) = linear_cross_entropy(&h, &lm, hd, &targets, &weights, Some(s)).unwrap();
+        let lmf = Frozen::one(v, hd, Src::F32(&lm));
+        let (loss, dh) = linear_cross_entropy(&h, &lmf, hd, &targets, &weights, Some(s)).unwrap();
         let (loss_only, none) =
-            linear_cross_entropy(&h, &lm, hd, &targets, &weights, None).unwrap();
+            linear_cross_entropy(&h, &lmf, hd, &targets, &weights, None).unwrap();
         assert!(none.is_none());
         assert!((loss - loss_only).abs() < 1e-9 * loss.abs());
         let dh = dh.unwrap();
@@ -236,6 +240,7 @@ mod tests {
     #[test]
     fn bad_shapes_and_targets_are_errors() {
         let (h, lm) = (vec![0f32; 8], vec![0f32; 12]);
+        let lm = Frozen::one(3, 4, Src::F32(&lm));
         assert!(linear_cross_entropy(&h, &lm, 4, &[0, 1], &[1.0, 1.0], None).is_ok());
         assert!(linear_cross_entropy(&h, &lm, 4, &[0, 3], &[1.0, 1.0], None).is_err());
         assert!(linear_cross_entropy(&h, &lm, 4, &[0], &[1.0], None).is_err());

@@ -4,16 +4,19 @@
 //! The composed version is seven graph nodes (base linear, two transposes, two matmuls, the
 //! scale, the add); each costs a zero-filled gradient buffer and an add in candle's backward,
 //! and candle's matmul backward also materializes transposed copies. Here `W`/`b` are
-//! constants captured by the op (no gradient, as in `kernels::linear`) and the backward forms
+//! constants captured by the op (no gradient, as in `kernels::linear`; W read where it lies) and the backward forms
 //! `dx`, `dA`, `dB` directly with five small GEMMs.
 
+use crate::kernels::cpu::frozen::with_matrix;
+use crate::kernels::cpu::ops::bias_rows;
 use crate::kernels::gemm::gemm_rs;
 use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
+use crate::quant::matrix::Matrix;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 struct LoraLinearOp {
-    /// `[out, in]` f32, contiguous, on the CPU.
-    weight: Tensor,
+    /// `[out, in]`, read where it lies (`frozen.rs`).
+    weight: Matrix,
     /// `[out]` f32.
     bias: Option<Tensor>,
     scale: f32,
@@ -39,34 +42,18 @@ impl CustomOp3 for LoraLinearOp {
         let (m, inp) = l1.shape().dims2()?;
         let (r, in_a) = l2.shape().dims2()?;
         let (out, r_b) = l3.shape().dims2()?;
-        let (ws, wl) = self.weight.storage_and_layout();
-        let w = storage_f32(&ws, wl, "weight")?;
-        if in_a != inp || r_b != r || w.len() != out * inp {
+        let (out_w, in_w) = self.weight.out_in();
+        if in_a != inp || r_b != r || out_w != out || in_w != inp {
             candle_core::bail!(
-                "fused lora linear: x {:?}, A {:?}, B {:?}, W {:?}",
+                "fused lora linear: x {:?}, A {:?}, B {:?}, W [{out_w}, {in_w}]",
                 l1.dims(),
                 l2.dims(),
                 l3.dims(),
-                wl.dims()
             );
         }
-        let mut dst = match &self.bias {
-            Some(bias) => {
-                let (bs, bl) = bias.storage_and_layout();
-                let bv = storage_f32(&bs, bl, "bias")?;
-                if bv.len() != out {
-                    candle_core::bail!("fused lora linear: bias {:?} for {out} outputs", bl.dims());
-                }
-                let mut d = Vec::with_capacity(m * out);
-                for _ in 0..m {
-                    d.extend_from_slice(bv);
-                }
-                d
-            }
-            None => vec![0f32; m * out],
-        };
+        let mut dst = bias_rows(self.bias.as_ref(), m, out)?;
         // dst += x Wᵀ ; t = x Aᵀ ; dst += s · t Bᵀ
-        gemm_rs(&mut dst, true, (m, out, inp), x, (inp, 1), w, (1, inp), 1.0);
+        with_matrix(&self.weight, |w| w.xwt(x, m, &mut dst, out, true))?;
         let mut t = vec![0f32; m * r];
         gemm_rs(&mut t, false, (m, r, inp), x, (inp, 1), a, (1, inp), 1.0);
         gemm_rs(
@@ -98,12 +85,10 @@ impl CustomOp3 for LoraLinearOp {
         let (as_, al) = a.storage_and_layout();
         let (bs, bl) = b.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let (ws, wl) = self.weight.storage_and_layout();
         let xv = storage_f32(&xs, xl, "input")?;
         let av = storage_f32(&as_, al, "lora_a")?;
         let bv = storage_f32(&bs, bl, "lora_b")?;
         let gv = storage_f32(&gs, gl, "gradient")?;
-        let w = storage_f32(&ws, wl, "weight")?;
         let s = self.scale;
         let mut t = vec![0f32; m * r];
         let mut dt = vec![0f32; m * r];
@@ -118,16 +103,7 @@ impl CustomOp3 for LoraLinearOp {
         // The first layer's projections read the (constant) embeddings: no input gradient.
         let dx = if x.track_op() {
             let mut dx = vec![0f32; m * inp];
-            gemm_rs(
-                &mut dx,
-                false,
-                (m, inp, out),
-                gv,
-                (out, 1),
-                w,
-                (inp, 1),
-                1.0,
-            );
+            with_matrix(&self.weight, |w| w.gw(gv, m, out, &mut dx, false))?;
             gemm_rs(&mut dx, true, (m, inp, r), &dt, (r, 1), av, (inp, 1), 1.0);
             Some(Tensor::from_vec(dx, (m, inp), dev)?)
         } else {
@@ -144,7 +120,7 @@ impl CustomOp3 for LoraLinearOp {
 /// `x Wᵀ + b + scale·(x Aᵀ) Bᵀ` for contiguous f32 `x [m, in]` and weights on the CPU.
 pub(crate) fn lora_linear(
     x: &Tensor,
-    weight: &Tensor,
+    weight: &Matrix,
     bias: Option<&Tensor>,
     a: &Tensor,
     b: &Tensor,

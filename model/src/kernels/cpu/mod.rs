@@ -4,10 +4,12 @@
 
 pub(crate) mod attention;
 pub(crate) mod expert_proj;
+pub(crate) mod frozen;
 pub(crate) mod grouped;
 pub(crate) mod linear_ce;
 pub(crate) mod lora_linear;
 pub(crate) mod masked_softmax;
+pub(crate) mod matvec;
 pub(crate) mod moe;
 pub(crate) mod moe_experts;
 pub(crate) mod ops;

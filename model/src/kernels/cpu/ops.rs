@@ -8,7 +8,9 @@
 //! `kernels::{softmax_last_dim, rms_norm, rope, linear, swiglu}`, which pick this backend.
 
 use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
-use crate::kernels::op::{contiguous_f32, num_threads, storage_f32, CResult};
+use crate::kernels::cpu::frozen::with_matrix;
+use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
+use crate::quant::matrix::Matrix;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -189,106 +191,68 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// y = x Wᵀ + b with a constant W
+// y = x Wᵀ + b with a frozen W (read where it lies, see `frozen.rs`)
 
-struct LinearConst;
+struct FrozenLinear {
+    weight: Matrix,
+    bias: Option<Tensor>,
+}
 
-impl CustomOp3 for LinearConst {
+impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "osstune-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let (x, w, b) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => (x, w, b),
-            _ => candle_core::bail!("linear: expected f32"),
-        };
-        let (n, k) = l1.shape().dims2()?;
-        let (m, k2) = l2.shape().dims2()?;
-        if k != k2 || l3.shape().dims1()? != m {
-            candle_core::bail!(
-                "linear: shapes {:?} {:?} {:?}",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "linear input")?;
+        let (m, inp) = l.shape().dims2()?;
+        let (out, in_w) = self.weight.out_in();
+        if inp != in_w {
+            candle_core::bail!("linear: input {:?} for a [{out}, {in_w}] weight", l.dims());
         }
-        let b = match l3.contiguous_offsets() {
-            Some((a, e)) => &b[a..e],
-            None => candle_core::bail!("linear: bias must be contiguous"),
-        };
-        let (xs, ws) = (l1.stride(), l2.stride());
-        let mut dst = Vec::with_capacity(n * m);
-        for _ in 0..n {
-            dst.extend_from_slice(b);
-        }
-        let threads = num_threads();
-        let par = if threads > 1 && n * m * k > 1 << 16 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: pointers and strides describe the tensors' own buffers (candle layouts);
-        // dst is a fresh contiguous n×m buffer.
-        unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                m as isize,
-                true,
-                x[l1.start_offset()..].as_ptr(),
-                xs[1] as isize,
-                xs[0] as isize,
-                w[l2.start_offset()..].as_ptr(),
-                ws[0] as isize,
-                ws[1] as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            )
-        };
-        Ok((CpuStorage::F32(dst), Shape::from((n, m))))
+        let mut dst = bias_rows(self.bias.as_ref(), m, out)?;
+        with_matrix(&self.weight, |w| w.xwt(x, m, &mut dst, out, true))?;
+        Ok((CpuStorage::F32(dst), Shape::from((m, out))))
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Base weights are constants: only the input gets a gradient (candle's matmul would
-        // also form the full weight gradient, as expensive as the forward).
-        Ok((Some(g.matmul(w)?), None, None))
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        // The weight is frozen: only the input gets a gradient (candle's matmul would also
+        // form the full weight gradient, as expensive as the forward).
+        let (m, inp) = x.dims2()?;
+        let (out, _) = self.weight.out_in();
+        let g = g.contiguous()?;
+        let (gs, gl) = g.storage_and_layout();
+        let gv = storage_f32(&gs, gl, "linear gradient")?;
+        let mut dx = vec![0f32; m * inp];
+        with_matrix(&self.weight, |w| w.gw(gv, m, out, &mut dx, false))?;
+        Ok(Some(Tensor::from_vec(dx, (m, inp), x.device())?))
     }
 }
 
-/// `x [n, in] · wᵀ + b` for a constant `w [out, in]` (no gradient to `w` or `b`), all f32.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    let zeros;
-    let b = match b {
-        Some(b) => b,
-        None => {
-            zeros = Tensor::zeros(w.dim(0)?, candle_core::DType::F32, w.device())?;
-            &zeros
-        }
+/// `m` copies of the bias row (zeros without one): the output a product accumulates into.
+pub(crate) fn bias_rows(bias: Option<&Tensor>, m: usize, out: usize) -> CResult<Vec<f32>> {
+    let Some(bias) = bias else {
+        return Ok(vec![0f32; m * out]);
     };
-    x.apply_op3(w, b, LinearConst)
+    let (bs, bl) = bias.storage_and_layout();
+    let bv = storage_f32(&bs, bl, "bias")?;
+    if bv.len() != out {
+        candle_core::bail!("bias {:?} for {out} outputs", bl.dims());
+    }
+    let mut d = Vec::with_capacity(m * out);
+    for _ in 0..m {
+        d.extend_from_slice(bv);
+    }
+    Ok(d)
+}
+
+/// `x [n, in] · wᵀ + b` for a frozen `w [out, in]` (no gradient to `w` or `b`), contiguous f32
+/// `x` on the CPU.
+pub(crate) fn linear(x: &Tensor, w: &Matrix, b: Option<&Tensor>) -> CResult<Tensor> {
+    x.apply_op1(FrozenLinear {
+        weight: w.clone(),
+        bias: b.cloned(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
