@@ -5,8 +5,16 @@
 //! back, so the numbers include the real loading path (MXFP4 experts by default). The prompt
 //! is seeded random token ids; decoding is greedy with no stop tokens, so every run does the
 //! same work. One short warm-up run comes first (allocations, thread pools).
+//!
+//! `--preset gpt-oss-20b|gpt-oss-120b [--layers N]` measures the real release shapes instead
+//! (bf16, MXFP4 experts; written once into `--model-cache DIR` and reused, or into a temporary
+//! folder). Beside tokens/s it prints what bounds them: the weight bytes a decoded token
+//! reads (from the config and the stored format) against the machine's measured read
+//! bandwidth, and the prefill's FLOP/s.
 
 use super::super::generate::{device, DeviceArg, DtypeArg};
+use super::preset::{self, ReleasePreset};
+use super::{cost, machine};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use osstune_model::generate::generation::{generate, GenerateOptions};
@@ -25,8 +33,18 @@ pub enum ExpertsArg {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model directory to measure (default: a fresh bench-preset checkpoint).
-    #[arg(long, conflicts_with = "experts")]
+    #[arg(long, conflicts_with_all = ["experts", "preset"])]
     pub model: Option<PathBuf>,
+    /// A release-shaped random checkpoint instead (bf16, MXFP4 experts).
+    #[arg(long, value_enum, conflicts_with = "experts")]
+    pub preset: Option<ReleasePreset>,
+    /// With --preset: the first N layers only (a real-width slice).
+    #[arg(long, requires = "preset")]
+    pub layers: Option<usize>,
+    /// With --preset: keep the checkpoint in DIR and reuse it when it holds the same preset,
+    /// layers and seed (default: a temporary folder, removed afterwards).
+    #[arg(long, requires = "preset")]
+    pub model_cache: Option<PathBuf>,
     /// Expert storage of the generated bench checkpoint.
     #[arg(long, value_enum)]
     pub experts: Option<ExpertsArg>,
@@ -82,9 +100,22 @@ pub fn run(args: Args) -> Result<()> {
         (Some(DtypeArg::Bf16), _) | (None, _) => DType::BF16,
     };
     let mut _tmp = None;
-    let (dir, what) = match &args.model {
-        Some(d) => (d.clone(), d.display().to_string()),
-        None => {
+    let mut _ck = None;
+    let (dir, what) = match (&args.model, args.preset) {
+        (Some(d), _) => (d.clone(), d.display().to_string()),
+        (None, Some(p)) => {
+            let ck = preset::prepare(
+                p,
+                args.layers,
+                args.model_cache.as_deref(),
+                args.seed,
+                "forward",
+            )?;
+            let r = (ck.dir.clone(), ck.what.clone());
+            _ck = Some(ck);
+            r
+        }
+        (None, None) => {
             let d =
                 std::env::temp_dir().join(format!("osstune-bench-forward-{}", std::process::id()));
             let experts = match args.experts {
@@ -133,7 +164,17 @@ pub fn run(args: Args) -> Result<()> {
         .and_then(|s| s.parse::<usize>().ok())
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
+    // Before the probes, whose buffer would otherwise set the peak.
     let peak_rss_mb = peak_rss_kb().map(|kb| kb as f64 / 1024.0);
+    let cfg = model.config().clone();
+    drop(model);
+    let format = cost::weight_format(&dir)?;
+    let bytes_per_token = format.map(|f| cost::decode_bytes_per_token(&cfg, f));
+    let prefill_flops = cost::prefill_flops(&cfg, g.prompt_tokens);
+    let prefill_flop_s = prefill_flops as f64 / g.prefill_secs;
+    let bandwidth = machine::read_bandwidth(1 << 30, threads, 4);
+    let bound = bytes_per_token.map(|b| bandwidth / b as f64);
+    let achieved = bound.map(|b| g.decode_tokens_per_sec() / b);
     if args.json {
         let v = serde_json::json!({
             "model": what,
@@ -148,6 +189,13 @@ pub fn run(args: Args) -> Result<()> {
             "decode_s": g.decode_secs,
             "decode_tokens_per_s": g.decode_tokens_per_sec(),
             "peak_rss_mb": peak_rss_mb,
+            "weights_format": format.map(|f| f.describe()),
+            "decode_bytes_per_token": bytes_per_token,
+            "read_bandwidth_gb_s": bandwidth / 1e9,
+            "decode_bound_tokens_per_s": bound,
+            "decode_fraction_of_bound": achieved,
+            "prefill_flops": prefill_flops,
+            "prefill_flop_per_s": prefill_flop_s,
         });
         println!("{v}");
         return Ok(());
@@ -170,6 +218,26 @@ pub fn run(args: Args) -> Result<()> {
     );
     if let Some(mb) = peak_rss_mb {
         println!("peak RSS: {mb:.0} MiB");
+    }
+    println!(
+        "prefill compute: {:.3} GFLOP ({} tokens, lm_head on the last) = {:.2} GFLOP/s",
+        prefill_flops as f64 / 1e9,
+        g.prompt_tokens,
+        prefill_flop_s / 1e9
+    );
+    println!(
+        "read bandwidth (measured, {threads} threads, 1 GiB): {:.2} GB/s",
+        bandwidth / 1e9
+    );
+    match (format, bytes_per_token, bound, achieved) {
+        (Some(f), Some(b), Some(bound), Some(frac)) => println!(
+            "decode weights read: {:.1} MB/token ({}) -> bound {:.2} tokens/s; achieved {:.1}% of it",
+            b as f64 / 1e6,
+            f.describe(),
+            bound,
+            100.0 * frac
+        ),
+        _ => println!("decode weights read: n/a (unrecognised storage format)"),
     }
     Ok(())
 }

@@ -1,15 +1,19 @@
 //! `osstune bench …`: benchmarks of release builds. One file per thing measured.
 
+mod cost;
 mod data;
 mod forward;
+mod machine;
 mod merge;
 mod optim;
+mod preset;
 mod serve;
 mod train;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
-    /// Prefill and decode tokens/s of the model (bench preset by default).
+    /// Prefill and decode tokens/s of the model (bench preset by default; --preset
+    /// gpt-oss-20b|gpt-oss-120b for the release shapes), against the machine's bounds.
     Forward(forward::Args),
     /// LoRA training tokens/s and peak RSS (bench preset, batch 2 × 512).
     Train(train::Args),

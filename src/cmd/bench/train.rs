@@ -2,7 +2,14 @@
 //! like the transformers + PEFT anchor benchmark (`peft_bench.py`: random token batches,
 //! every token trained, one step = forward with cross-entropy + backward + optimizer step,
 //! median over the measured steps after warm-up steps).
+//!
+//! `--preset gpt-oss-20b|gpt-oss-120b [--layers N] [--model-cache DIR]` trains on a
+//! release-shaped random checkpoint instead (see `preset`). Beside tokens/s it prints the
+//! FLOP of a step (`cost::train_flops`), the FLOP/s achieved, and the machine's measured f32
+//! GEMM FLOP/s for scale.
 
+use super::preset::{self, ReleasePreset};
+use super::{cost, machine};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Var};
 use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
@@ -22,8 +29,18 @@ use std::time::Instant;
 pub struct Args {
     /// Base model (default: a fresh bench-preset checkpoint, dense f32 experts, seed 0 —
     /// the shapes of make_tiny.py "bench").
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preset")]
     model: Option<PathBuf>,
+    /// A release-shaped random checkpoint instead (bf16, MXFP4 experts).
+    #[arg(long, value_enum)]
+    preset: Option<ReleasePreset>,
+    /// With --preset: the first N layers only (a real-width slice).
+    #[arg(long, requires = "preset")]
+    layers: Option<usize>,
+    /// With --preset: keep the checkpoint in DIR and reuse it when it holds the same preset
+    /// and layers (default: a temporary folder, removed afterwards).
+    #[arg(long, requires = "preset")]
+    model_cache: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     batch: usize,
     #[arg(long, default_value_t = 512)]
@@ -56,6 +73,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    if let Some(p) = a.preset {
+        let ck = preset::prepare(p, a.layers, a.model_cache.as_deref(), 0, "train")?;
+        return bench(&a, &ck.dir);
+    }
     let tmp;
     let model_dir = match &a.model {
         Some(d) => d.clone(),
@@ -100,6 +121,14 @@ fn bench(a: &Args, model_dir: &std::path::Path) -> Result<()> {
         0,
         model.cfg.num_hidden_layers,
     )?;
+    let lora_macs = cost::lora_macs_per_token(&model.cfg, &shapes, a.rank);
+    let flops = cost::train_flops(
+        &model.cfg,
+        a.batch,
+        a.seq,
+        lora_macs,
+        a.activation_checkpointing,
+    );
     let ad = Adapters::init(shapes, &cfg, base_info(&model), &dev)?;
     attach(&mut model, &ad)?;
     let named = ad.named_vars();
@@ -149,6 +178,12 @@ fn bench(a: &Args, model_dir: &std::path::Path) -> Result<()> {
     let tps = n_tok as f64 / step_s;
     let peak = plan::peak_rss().unwrap_or(0) as f64 / (1u64 << 20) as f64;
     let predicted = plan::plan(&cfg, model_dir)?.total() as f64 / (1u64 << 20) as f64;
+    // After the peak is read: the probe's tensors must not set it.
+    let n_params = ad.num_params();
+    drop((model, ad, opt, vars));
+    let flop_s = flops.total() as f64 / step_s;
+    let (gm, gk, gn) = (1024, 2880, 2880);
+    let gemm = machine::gemm_flops(gm, gk, gn, 3)?;
     if a.json {
         println!(
             "{}",
@@ -156,9 +191,13 @@ fn bench(a: &Args, model_dir: &std::path::Path) -> Result<()> {
                 "tokens_per_s": tps, "median_step_s": step_s, "median_fwd_bwd_s": fb_s,
                 "median_opt_s": step_s - fb_s, "peak_rss_mib": peak, "predicted_peak_mib": predicted,
                 "batch": a.batch, "seq": a.seq, "threads": a.threads, "steps": a.steps,
-                "warmup": a.warmup, "trainable_params": ad.num_params(),
+                "warmup": a.warmup, "trainable_params": n_params,
                 "activation_checkpointing": a.activation_checkpointing, "load_s": load_s,
                 "loss_first": first_loss, "loss_last": last_loss,
+                "step_flops": flops.total(), "forward_flops": flops.forward,
+                "backward_flops": flops.backward, "recompute_flops": flops.recompute,
+                "achieved_flop_per_s": flop_s, "gemm_f32_flop_per_s": gemm,
+                "gemm_shape": [gm, gk, gn], "fraction_of_gemm": flop_s / gemm,
             })
         );
     } else {
@@ -172,8 +211,22 @@ fn bench(a: &Args, model_dir: &std::path::Path) -> Result<()> {
             a.rank,
             a.alpha,
             step_s - fb_s,
-            ad.num_params(),
+            n_params,
             if a.activation_checkpointing { ", activation checkpointing" } else { "" }
+        );
+        println!(
+            "step compute: {:.2} GFLOP (forward {:.2} + backward {:.2} + recompute {:.2}) = {:.2} GFLOP/s",
+            flops.total() as f64 / 1e9,
+            flops.forward as f64 / 1e9,
+            flops.backward as f64 / 1e9,
+            flops.recompute as f64 / 1e9,
+            flop_s / 1e9
+        );
+        println!(
+            "f32 GEMM (measured, candle CPU [{gm},{gk}]x[{gk},{gn}], {} threads): {:.2} GFLOP/s; training achieves {:.1}% of it",
+            a.threads,
+            gemm / 1e9,
+            100.0 * flop_s / gemm
         );
     }
     Ok(())
