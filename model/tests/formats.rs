@@ -281,10 +281,15 @@ fn mlx_affine_module_without_mode_is_affine() {
     let m = GptOss::load(&dir, &Device::Cpu, DType::F32).unwrap();
     // Same model with the dequantized q_proj put in by hand.
     let mut want_m = GptOss::load(fixture("mxfp4"), &Device::Cpu, DType::F32).unwrap();
-    let before = want_m.layers[0].attn.q_proj.weight.clone();
-    want_m.layers[0].attn.q_proj.weight =
-        Tensor::from_vec(deq, before.dims(), &Device::Cpu).unwrap();
-    let q_err = max_abs(&want_m.layers[0].attn.q_proj.weight, &before);
+    let before = want_m.layers[0]
+        .attn
+        .q_proj
+        .weight
+        .to_tensor(DType::F32, &Device::Cpu)
+        .unwrap();
+    let replaced = Tensor::from_vec(deq, before.dims(), &Device::Cpu).unwrap();
+    want_m.layers[0].attn.q_proj.weight = replaced.clone().into();
+    let q_err = max_abs(&replaced, &before);
     assert!(q_err > 0.0 && q_err < 0.02, "8-bit affine error {q_err}");
     let ids = Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]], &Device::Cpu).unwrap();
     let got = m.forward(&ids, 0, &mut Cache::new(m.config())).unwrap();

@@ -160,7 +160,7 @@ fn small_ops_match_reference() {
             let (w, b) = (randn(&[17, 24], 9, &dev), randn(&[17], 10, &dev));
             expect_kernel(&dev, &[x.as_tensor(), &w, &b]);
             for bias in [Some(&b), None] {
-                let got = kernels::linear(x.as_tensor(), &w, bias).unwrap();
+                let got = kernels::linear(x.as_tensor(), &w.clone().into(), bias).unwrap();
                 let want = reference::linear(x.as_tensor(), &w, bias).unwrap();
                 assert!(
                     max_abs(&got, &want) < 1e-5,
@@ -216,7 +216,12 @@ fn lora_linear_matches_reference() {
             // The layer goes through the dispatch.
             let y = lin.forward(x.as_tensor()).unwrap();
             let (at, bt) = (a.as_tensor(), b.as_tensor());
-            let got = kernels::lora_linear(x.as_tensor(), (&w, Some(&bias)), (at, bt), scale);
+            let got = kernels::lora_linear(
+                x.as_tensor(),
+                (&w.clone().into(), Some(&bias)),
+                (at, bt),
+                scale,
+            );
             assert_eq!(max_abs(&y, &got.unwrap()), 0.0);
             let xa = x.as_tensor().matmul(&at.t().unwrap()).unwrap();
             let delta = (xa.matmul(&bt.t().unwrap()).unwrap() * scale).unwrap();
@@ -443,7 +448,8 @@ fn linear_cross_entropy_matches_reference() {
             let weights: Vec<f32> = (0..rows).map(|r| 1.0 + (r % 3) as f32).collect();
             let tw = (targets.as_slice(), weights.as_slice());
             for scale in [Some(0.37), None] {
-                let (loss, dh) = kernels::linear_cross_entropy(&h, &lm, tw, scale, 32).unwrap();
+                let (loss, dh) =
+                    kernels::linear_cross_entropy(&h, &lm.clone().into(), tw, scale, 32).unwrap();
                 let (want, dh_ref) =
                     reference::linear_cross_entropy(&h, &lm, tw, scale, 32).unwrap();
                 assert!(
@@ -462,7 +468,7 @@ fn linear_cross_entropy_matches_reference() {
             // A target outside the vocabulary is an error on every path.
             let bad = vec![v as u32; rows];
             let bw = (bad.as_slice(), weights.as_slice());
-            assert!(kernels::linear_cross_entropy(&h, &lm, bw, None, 32).is_err());
+            assert!(kernels::linear_cross_entropy(&h, &lm.clone().into(), bw, None, 32).is_err());
             assert!(reference::linear_cross_entropy(&h, &lm, bw, None, 32).is_err());
         }
     }

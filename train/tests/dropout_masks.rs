@@ -95,7 +95,7 @@ fn attention_projection_matches_explicit_mask() {
     let dropped = zeros.iter().filter(|v| **v == 0.0).count() as f64 / zeros.len() as f64;
     assert!((dropped - 0.3).abs() < 0.08, "dropped fraction {dropped}");
     let base = x2
-        .matmul(&lin.weight.t().unwrap())
+        .matmul(&lin.weight.to_tensor(DType::F32, &CPU).unwrap().t().unwrap())
         .unwrap()
         .broadcast_add(lin.bias.as_ref().unwrap())
         .unwrap();
@@ -179,7 +179,7 @@ fn reference_moe(moe: &Moe, x: &Tensor) -> Tensor {
     let rl = r.lora.as_ref().unwrap();
     let xm = masked(&rl.dropout.unwrap(), x, |t| t as u64);
     let logits = (x
-        .matmul(&r.weight.t().unwrap())
+        .matmul(&r.weight.to_tensor(DType::F32, &CPU).unwrap().t().unwrap())
         .unwrap()
         .broadcast_add(r.bias.as_ref().unwrap())
         .unwrap()

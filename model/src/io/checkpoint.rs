@@ -5,8 +5,8 @@
 //! itself (the CPU model keeps its weights there instead of copying them to the heap). Sharded checkpoints are resolved through `model.safetensors.index.json`
 //! (never by guessing shard names: HF's are 0-based, MLX's 1-based).
 
-use anyhow::{bail, Context, Result};
 use crate::quant::bytes::Bytes;
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -60,8 +60,8 @@ fn open_file(path: &Path) -> Result<Mapped> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on nobody
     // truncating it while the model is alive.
-    let map = unsafe { memmap2::Mmap::map(&f) }
-        .with_context(|| format!("mapping {}", path.display()))?;
+    let map =
+        unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
     crate::io::tensor_bounds::check_mapped(path, &map)?;
     let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -198,7 +198,15 @@ impl Checkpoint {
     }
 
     /// The file's entry for `name`: stored dtype, shape and byte range.
-    fn entry(&self, name: &str) -> Result<(&Mapped, safetensors::Dtype, &[usize], std::ops::Range<usize>)> {
+    fn entry(
+        &self,
+        name: &str,
+    ) -> Result<(
+        &Mapped,
+        safetensors::Dtype,
+        &[usize],
+        std::ops::Range<usize>,
+    )> {
         let id = self.id(name)?;
         let (path, st) = &self.files[id];
         let (dt, shape, range) = st

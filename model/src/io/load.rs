@@ -86,7 +86,12 @@ impl Loader<'_> {
     }
 
     /// Packed MXFP4 experts `{blocks}`/`{scales}` of `[e, rows, inp]` where they lie.
-    fn packed(&self, (blocks, scales): (&str, &str), (e, rows, inp): (usize, usize, usize), interleaved: bool) -> Result<Packed> {
+    fn packed(
+        &self,
+        (blocks, scales): (&str, &str),
+        (e, rows, inp): (usize, usize, usize),
+        interleaved: bool,
+    ) -> Result<Packed> {
         let part = PackedPart {
             blocks: self.packed_bytes(blocks, &[e, rows, inp / 32, 16])?,
             scales: self.packed_bytes(scales, &[e, rows, inp / 32])?,
@@ -214,13 +219,19 @@ impl Loader<'_> {
             let gub = self.float(&format!("{p}.gate_up_proj_bias"), &[e, 2 * i])?;
             Ok((
                 ExpertMat::Packed(self.packed(
-                    (&format!("{p}.gate_up_proj_blocks"), &format!("{p}.gate_up_proj_scales")),
+                    (
+                        &format!("{p}.gate_up_proj_blocks"),
+                        &format!("{p}.gate_up_proj_scales"),
+                    ),
                     (e, 2 * i, h),
                     true,
                 )?),
                 gub.index_select(&perm, 1)?,
                 ExpertMat::Packed(self.packed(
-                    (&format!("{p}.down_proj_blocks"), &format!("{p}.down_proj_scales")),
+                    (
+                        &format!("{p}.down_proj_blocks"),
+                        &format!("{p}.down_proj_scales"),
+                    ),
                     (e, h, i),
                     false,
                 )?),

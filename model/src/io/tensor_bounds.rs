@@ -105,12 +105,12 @@ fn first_non_finite(dtype: &str, b: &[u8]) -> Option<usize> {
         "F32" => c.chunks_exact(4).fold(false, |acc, c| {
             acc | (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
         }),
-        "BF16" => c
-            .chunks_exact(2)
-            .fold(false, |acc, c| acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)),
-        "F16" => c
-            .chunks_exact(2)
-            .fold(false, |acc, c| acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)),
+        "BF16" => c.chunks_exact(2).fold(false, |acc, c| {
+            acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
+        }),
+        "F16" => c.chunks_exact(2).fold(false, |acc, c| {
+            acc | (u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)
+        }),
         _ => false,
     };
     let size = match dtype {

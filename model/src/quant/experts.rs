@@ -41,9 +41,20 @@ pub struct ExpertPart<'a> {
 }
 
 impl Packed {
-    pub fn new(parts: Vec<PackedPart>, experts: usize, inp: usize, interleaved: bool) -> Result<Self> {
-        if parts.is_empty() || !inp.is_multiple_of(mxfp4::GROUP) || (interleaved && parts.len() != 1) {
-            bail!("mxfp4 experts: {} parts, input {inp}, interleaved {interleaved}", parts.len());
+    pub fn new(
+        parts: Vec<PackedPart>,
+        experts: usize,
+        inp: usize,
+        interleaved: bool,
+    ) -> Result<Self> {
+        if parts.is_empty()
+            || !inp.is_multiple_of(mxfp4::GROUP)
+            || (interleaved && parts.len() != 1)
+        {
+            bail!(
+                "mxfp4 experts: {} parts, input {inp}, interleaved {interleaved}",
+                parts.len()
+            );
         }
         for (i, p) in parts.iter().enumerate() {
             let groups = experts * p.rows * inp / mxfp4::GROUP;
@@ -56,7 +67,10 @@ impl Packed {
                 );
             }
             if interleaved && p.rows % 2 != 0 {
-                bail!("interleaved gate/up experts need an even row count, found {}", p.rows);
+                bail!(
+                    "interleaved gate/up experts need an even row count, found {}",
+                    p.rows
+                );
             }
         }
         Ok(Self {
@@ -73,7 +87,11 @@ impl Packed {
 
     /// `self`'s rows, then `other`'s (MLX's separate gate and up).
     pub fn stack_rows(self, other: Packed) -> Result<Packed> {
-        if self.interleaved || other.interleaved || self.experts != other.experts || self.inp != other.inp {
+        if self.interleaved
+            || other.interleaved
+            || self.experts != other.experts
+            || self.inp != other.inp
+        {
             bail!("cannot stack these mxfp4 expert matrices by rows");
         }
         let mut parts = self.parts;
@@ -117,12 +135,17 @@ impl Packed {
 
     /// Whether every part is read from a file mapping.
     pub fn is_mapped(&self) -> bool {
-        self.parts.iter().all(|p| p.blocks.is_mapped() && p.scales.is_mapped())
+        self.parts
+            .iter()
+            .all(|p| p.blocks.is_mapped() && p.scales.is_mapped())
     }
 
     /// Bytes of blocks and scales.
     pub fn stored_bytes(&self) -> usize {
-        self.parts.iter().map(|p| p.blocks.len() + p.scales.len()).sum()
+        self.parts
+            .iter()
+            .map(|p| p.blocks.len() + p.scales.len())
+            .sum()
     }
 }
 

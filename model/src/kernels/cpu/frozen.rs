@@ -35,8 +35,15 @@ const MATVEC_CHUNK: usize = 64;
 #[derive(Clone, Copy)]
 pub(crate) enum Src<'a> {
     F32(&'a [f32]),
-    Raw { bytes: &'a [u8], stored: Stored },
-    Mxfp4 { blocks: &'a [u8], scales: &'a [u8], interleaved: bool },
+    Raw {
+        bytes: &'a [u8],
+        stored: Stored,
+    },
+    Mxfp4 {
+        blocks: &'a [u8],
+        scales: &'a [u8],
+        interleaved: bool,
+    },
 }
 
 /// Output rows `row0..row0 + rows` of the matrix, stored in `src` (its rows `0..rows`).
@@ -61,11 +68,9 @@ pub(crate) fn with_matrix<R>(m: &Matrix, f: impl FnOnce(&Frozen) -> CResult<R>) 
         Matrix::Tensor(t) => {
             let (st, l) = t.storage_and_layout();
             match (&*st, l.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&Frozen::one(
-                    out,
-                    inp,
-                    Src::F32(&v[a..b]),
-                )),
+                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
+                    f(&Frozen::one(out, inp, Src::F32(&v[a..b])))
+                }
                 _ => candle_core::bail!("frozen matrix: expected a contiguous f32 CPU tensor"),
             }
         }
@@ -130,6 +135,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// Through a method, so closures capture the whole (Send) wrapper, not its raw field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Whether this call may split its work across threads (not already inside a rayon task).
 fn may_split() -> bool {
     crate::kernels::op::num_threads() > 1 && rayon::current_thread_index().is_none()
@@ -191,7 +203,14 @@ impl<'a> Frozen<'a> {
 
     /// `y [m, n]` (row stride n) = `x [m, in]` · rows `r0..r0 + n` of `piece`ᵀ with the fused
     /// kernels, if the storage has one.
-    fn fused(&self, p: &Piece, (r0, n): (usize, usize), x: &[f32], m: usize, y: &mut [f32]) -> bool {
+    fn fused(
+        &self,
+        p: &Piece,
+        (r0, n): (usize, usize),
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> bool {
         let inp = self.inp;
         match p.src {
             Src::Raw {
@@ -264,15 +283,23 @@ impl<'a> Frozen<'a> {
                     let mut tile = TILE.with(|t| t.take());
                     tile.resize(n * inp, 0.0);
                     self.rows(p, (r0, n), &mut tile);
-                    gemm_rs(&mut part, false, (m, n, inp), x, (inp, 1), &tile, (1, inp), 1.0);
+                    gemm_rs(
+                        &mut part,
+                        false,
+                        (m, n, inp),
+                        x,
+                        (inp, 1),
+                        &tile,
+                        (1, inp),
+                        1.0,
+                    );
                     TILE.with(|t| t.replace(tile));
                 }
-                let yp = yp;
                 for t in 0..m {
                     let at = t * ldy + p.row0 + r0;
                     assert!(at + n <= y_len);
                     // SAFETY: in bounds (checked above); the chunks write disjoint columns.
-                    let row = unsafe { std::slice::from_raw_parts_mut(yp.0.add(at), n) };
+                    let row = unsafe { std::slice::from_raw_parts_mut(yp.ptr().add(at), n) };
                     let src = &part[t * n..(t + 1) * n];
                     if acc {
                         row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
@@ -319,21 +346,20 @@ impl<'a> Frozen<'a> {
                 let n = TILE_ROWS.min(p.rows - r0);
                 tile.resize(n * inp, 0.0);
                 self.rows(p, (r0, n), &mut tile);
-                gemm_rs(dx, acc, (m, inp, n), &gp[r0..], (ldg, 1), &tile, (inp, 1), 1.0);
+                gemm_rs(
+                    dx,
+                    acc,
+                    (m, inp, n),
+                    &gp[r0..],
+                    (ldg, 1),
+                    &tile,
+                    (inp, 1),
+                    1.0,
+                );
                 acc = true;
             }
             TILE.with(|t| t.replace(tile));
         }
         Ok(())
     }
-}
-
-/// For tests and the reference: the whole matrix widened, `[out, in]` row-major.
-#[cfg(test)]
-pub(crate) fn dense(f: &Frozen) -> Vec<f32> {
-    let mut w = vec![0f32; f.out * f.inp];
-    for p in &f.pieces {
-        f.rows(p, (0, p.rows), &mut w[p.row0 * f.inp..(p.row0 + p.rows) * f.inp]);
-    }
-    w
 }

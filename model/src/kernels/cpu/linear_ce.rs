@@ -9,8 +9,8 @@
 //! nothing to f32 accumulation. Block losses are added in block order: the result does not
 //! depend on the thread count or scheduling (exact `--resume` relies on that).
 
-use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 use crate::kernels::cpu::frozen::{with_matrix, Frozen};
+use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 use crate::kernels::op::storage_f32;
 use crate::quant::matrix::Matrix;
 use anyhow::{bail, Result};

@@ -35,7 +35,6 @@
 
 // Wired in by the stored-weight engine; until then only the tests call these.
 
-
 use std::sync::OnceLock;
 
 use crate::quant::mxfp4::{self, GROUP, GROUP_BYTES};
@@ -396,6 +395,7 @@ fn mxfp4_rows_on(
 /// The portable paths under the same names as the public functions (tests compare them with
 /// the SIMD paths).
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 fn bf16_xwt_scalar(
     w: &[u8],
     inp: usize,
@@ -410,6 +410,7 @@ fn bf16_xwt_scalar(
 }
 
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 fn mxfp4_xwt_scalar(
     blocks: &[u8],
     scales: &[u8],
@@ -424,6 +425,7 @@ fn mxfp4_xwt_scalar(
     mxfp4_xwt_on(Isa::Scalar, blocks, scales, inp, map, rows, x, m, y, ldy)
 }
 
+#[cfg(test)]
 fn bf16_rows_scalar(
     w: &[u8],
     inp: usize,
@@ -434,6 +436,7 @@ fn bf16_rows_scalar(
     bf16_rows_on(Isa::Scalar, w, inp, map, rows, out)
 }
 
+#[cfg(test)]
 fn mxfp4_rows_scalar(
     blocks: &[u8],
     scales: &[u8],

@@ -7,8 +7,8 @@
 //! row each way, with a backward written in candle ops or one more pass. Callers go through
 //! `kernels::{softmax_last_dim, rms_norm, rope, linear, swiglu}`, which pick this backend.
 
-use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 use crate::kernels::cpu::frozen::with_matrix;
+use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
 use crate::quant::matrix::Matrix;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
