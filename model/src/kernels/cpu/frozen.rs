@@ -18,7 +18,7 @@
 //! Each output element is computed by one thread in a fixed order: results do not depend on
 //! the thread count.
 
-use crate::kernels::cpu::matvec::{self, Deinterleave, Identity};
+use crate::kernels::cpu::matvec::{self, Deinterleave, Identity, RowMap};
 use crate::kernels::gemm::{gemm_ld, gemm_rs};
 use crate::kernels::op::CResult;
 use crate::quant::experts::ExpertMat;
@@ -129,6 +129,29 @@ pub(crate) fn with_expert<R>(
     }
 }
 
+/// A piece's stored row order as one [`RowMap`] (the match runs once per row, outside the
+/// kernels' inner loops).
+enum Order {
+    Straight,
+    Deinterleaved(Deinterleave),
+}
+
+impl RowMap for Order {
+    fn row(&self, i: usize) -> usize {
+        match self {
+            Order::Straight => Identity.row(i),
+            Order::Deinterleaved(d) => d.row(i),
+        }
+    }
+}
+
+fn order(p: &Piece, interleaved: bool) -> Order {
+    match interleaved {
+        true => Order::Deinterleaved(Deinterleave { half: p.rows / 2 }),
+        false => Order::Straight,
+    }
+}
+
 /// A raw pointer that may cross threads: the tasks that share it write disjoint elements.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -190,14 +213,7 @@ impl<'a> Frozen<'a> {
                 blocks,
                 scales,
                 interleaved,
-            } => {
-                if interleaved {
-                    let map = Deinterleave { half: p.rows / 2 };
-                    matvec::mxfp4_rows(blocks, scales, inp, &map, (r0, n), dst)
-                } else {
-                    matvec::mxfp4_rows(blocks, scales, inp, &Identity, (r0, n), dst)
-                }
-            }
+            } => matvec::mxfp4_rows(blocks, scales, inp, &order(p, interleaved), (r0, n), dst),
         }
     }
 
@@ -222,12 +238,8 @@ impl<'a> Frozen<'a> {
                 scales,
                 interleaved,
             } => {
-                if interleaved {
-                    let map = Deinterleave { half: p.rows / 2 };
-                    matvec::mxfp4_xwt(blocks, scales, inp, &map, (r0, n), x, m, y, n)
-                } else {
-                    matvec::mxfp4_xwt(blocks, scales, inp, &Identity, (r0, n), x, m, y, n)
-                }
+                let map = order(p, interleaved);
+                matvec::mxfp4_xwt(blocks, scales, inp, &map, (r0, n), x, m, y, n)
             }
             _ => return false,
         }
