@@ -7,6 +7,8 @@
 mod common;
 #[path = "kernels/moe.rs"]
 mod moe;
+#[path = "kernels/stored.rs"]
+mod stored;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};

@@ -208,9 +208,9 @@ impl TrainConfig {
             bail!("train.grad_clip must be >= 0, got {}", t.grad_clip);
         }
         self.optim.validate()?;
-        if !["f32", "bf16", "f16"].contains(&self.model.dtype.as_str()) {
+        if !["auto", "f32", "bf16", "f16"].contains(&self.model.dtype.as_str()) {
             bail!(
-                "model.dtype must be f32, bf16 or f16, got {:?}",
+                "model.dtype must be auto, f32, bf16 or f16, got {:?}",
                 self.model.dtype
             );
         }

@@ -1,8 +1,11 @@
 //! `osstune train --plan`: predicted peak memory of a run, without training.
 //!
 //! Terms (bytes):
-//! - weights: every tensor of the checkpoint at the compute dtype, except packed MXFP4 /
-//!   affine expert bytes, which stay packed (read from the safetensors headers);
+//! - weights (from the safetensors headers): where the kernels read weights in place (CPU,
+//!   f32 compute) the checkpoint's bytes as stored — its memory map, every page of which the
+//!   load-time value scan reads — plus f32 heap copies of the small tensors (norms, biases,
+//!   sinks); otherwise every float tensor at the compute dtype and packed MXFP4 / affine
+//!   expert bytes as stored;
 //! - LoRA: f32 factors; gradients: the step's accumulator plus one micro-batch's (2×);
 //!   optimizer: one Muon momentum buffer per factor (every LoRA factor is ≥ 2-D);
 //! - activations of one micro-batch (B × T tokens) kept for backward, per layer: the
@@ -33,7 +36,7 @@
 use crate::config::TrainConfig;
 use anyhow::{Context, Result};
 use candle_core::DeviceLocation;
-use osstune_model::device::parse_dtype;
+use osstune_model::device::resolve_dtype;
 use osstune_model::kernels::{self, memory};
 use osstune_model::{Config, LoraTarget, Target};
 use std::path::Path;
@@ -92,8 +95,11 @@ impl Plan {
     }
 }
 
-/// Bytes of the checkpoint's tensors when loaded at `elem` bytes per float element.
-fn weight_bytes(dir: &Path, elem: u64) -> Result<(u64, u64)> {
+/// Resident bytes of the checkpoint's tensors once loaded, and how many of them are packed
+/// (integer-typed) expert bytes. `mapped`: float matrices stay as stored in the memory map and
+/// only the other float tensors (norms, biases, sinks) get f32 heap copies; otherwise every
+/// float tensor is held at `elem` bytes per element.
+fn weight_bytes(dir: &Path, elem: u64, mapped: bool) -> Result<(u64, u64)> {
     let mut total = 0u64;
     let mut packed = 0u64;
     let rd = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -120,16 +126,25 @@ fn weight_bytes(dir: &Path, elem: u64) -> Result<(u64, u64)> {
             if name == "__metadata__" {
                 continue;
             }
-            let numel: u64 = t["shape"]
+            let shape: Vec<u64> = t["shape"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).product())
-                .unwrap_or(0);
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default();
+            let numel: u64 = shape.iter().product();
+            let stored = match t["dtype"].as_str() {
+                Some("F32") | Some("U32") | Some("I32") => 4,
+                Some("BF16") | Some("F16") => 2,
+                _ => 1,
+            };
             match t["dtype"].as_str() {
                 Some("U8") | Some("U32") | Some("I8") => {
-                    let sz = if t["dtype"] == "U32" { 4 } else { 1 };
-                    total += numel * sz;
-                    packed += numel * sz;
+                    total += numel * stored;
+                    packed += numel * stored;
                 }
+                _ if mapped && name.ends_with(".weight") && shape.len() == 2 => {
+                    total += numel * stored
+                }
+                _ if mapped => total += numel * (stored + 4),
                 _ => total += numel * elem,
             }
         }
@@ -178,8 +193,12 @@ fn device_location(name: &str) -> Result<DeviceLocation> {
 /// Predicts the peak memory of training `cfg` on the model in `model_dir`.
 pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let mc = Config::from_model_dir(model_dir)?;
-    let elem: u64 = if cfg.model.dtype == "f32" { 4 } else { 2 };
-    let (mut weights, packed) = weight_bytes(model_dir, elem)?;
+    let dtype = resolve_dtype(&cfg.model.dtype, &cfg.model.device)?;
+    let elem = dtype.size_in_bytes() as u64;
+    // What the kernels keep depends on the backend they pick for these tensors.
+    let backend = kernels::backend_at(device_location(&cfg.model.device)?, dtype);
+    let mapped = memory::weights_stay_mapped(backend);
+    let (mut weights, packed) = weight_bytes(model_dir, elem, mapped)?;
     let mut quantized = packed > 0;
     if weights == 0 {
         // A folder with only config.json (planning before downloading): count from shapes.
@@ -189,7 +208,8 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
             .and_then(|q| q.get("quant_method"))
             .and_then(|m| m.as_str())
             == Some("mxfp4");
-        weights = weights_from_config(&mc, elem, mxfp4);
+        // Mapped weights stay as released: bf16 (the small f32 heap copies are negligible).
+        weights = weights_from_config(&mc, if mapped { 2 } else { elem }, mxfp4);
         quantized = mxfp4;
     }
     let (h, i, e, k) = (
@@ -238,11 +258,6 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     let t = cfg.data.max_seq_len as u64;
     let tokens = b * t;
     let n_targets = chosen.iter().filter(|s| s.target.per_layer()).count() as u64;
-    // What the kernels keep depends on the backend they pick for these tensors.
-    let backend = kernels::backend_at(
-        device_location(&cfg.model.device)?,
-        parse_dtype(&cfg.model.dtype)?,
-    );
     let attn_per_head = memory::attention_floats_per_row(backend, t);
     let moe_per_row = memory::moe_floats_per_routed_row(backend, h, i);
     // Floats kept per token per layer (see the module docs for what they are).
@@ -256,7 +271,12 @@ pub fn plan(cfg: &TrainConfig, model_dir: &Path) -> Result<Plan> {
     // Experts a micro-batch touches: at most E per layer (all of them once B·T·k ≥ E).
     let used = e.min(tokens * k);
     let dense_expert_layer = used * 3 * i * h * elem;
-    let deq_layer = if quantized { dense_expert_layer } else { 0 };
+    // Packed experts left in the map are dequantized a tile at a time inside the kernels.
+    let deq_layer = if quantized && !mapped {
+        dense_expert_layer
+    } else {
+        0
+    };
     let attn_w = (2 * hq * d * h + 2 * hkv * d * h + e * h) * elem;
     let frozen_grad_layer = if memory::linear_forms_weight_grad(backend) {
         dense_expert_layer + attn_w

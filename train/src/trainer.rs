@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use osstune_model::device::{parse_device, parse_dtype};
+pub use osstune_model::device::{parse_device, parse_dtype, resolve_dtype};
 
 pub fn base_info(model: &GptOss) -> BaseModelInfo {
     BaseModelInfo::of(model)
@@ -223,7 +223,7 @@ impl Trainer {
             preflight::check_memory(&cfg, &model_dir)?;
         }
         let device = parse_device(&cfg.model.device)?;
-        let dtype = parse_dtype(&cfg.model.dtype)?;
+        let dtype = resolve_dtype(&cfg.model.dtype, &cfg.model.device)?;
         let model = GptOss::load(&model_dir, &device, dtype)
             .with_context(|| format!("loading base model {}", model_dir.display()))?;
         Self::from_parts(cfg, model, data, &out, opts)

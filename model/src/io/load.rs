@@ -20,6 +20,7 @@ use crate::arch::rope::RopeTable;
 use crate::config::Config;
 use crate::io::checkpoint::Checkpoint;
 use crate::io::layout::ExpertLayout;
+use crate::kernels::{self, memory};
 use crate::quant::affine::{self, QuantMode};
 use crate::quant::bytes::Bytes;
 use crate::quant::experts::{ExpertMat, Packed, PackedPart};
@@ -384,7 +385,7 @@ impl GptOss {
             cfg: &cfg,
             dev,
             dtype,
-            in_place: dev.is_cpu() && dtype == DType::F32,
+            in_place: memory::weights_stay_mapped(kernels::backend_at(dev.location(), dtype)),
         };
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed = ld.matrix("model.embed_tokens", v, h)?;

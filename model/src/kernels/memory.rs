@@ -5,6 +5,14 @@
 
 use crate::kernels::Backend;
 
+/// Whether the loader leaves the frozen weights where they lie in the checkpoint's memory map
+/// for this backend (the CPU kernels read bf16 / f16 / MXFP4 bytes in place; the reference
+/// composition needs tensors of the compute dtype). Mapped weights count in the resident set
+/// once read (the load-time value scan reads every byte) but are clean file pages, not heap.
+pub fn weights_stay_mapped(backend: Option<Backend>) -> bool {
+    matches!(backend, Some(Backend::Cpu))
+}
+
 /// Floats the attention core keeps per query row and head until the backward, for `t`
 /// positions: the CPU kernel keeps one log-sum-exp (flash-attention's scheme); the reference
 /// composition keeps `[T]` scores, probabilities and their masked copy.
