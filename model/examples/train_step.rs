@@ -7,7 +7,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var, D};
 use osstune_model::io::tiny::{write_tiny, ExpertFormat, Preset};
-use osstune_model::{GptOss, LoraLinear, SwitchLora};
+use osstune_model::{GptOss, Lora};
 use std::time::Instant;
 
 fn main() -> Result<()> {
@@ -49,13 +49,13 @@ fn main() -> Result<()> {
                 let a = Var::rand(-bound as f32, bound as f32, (r, t.in_dim), &dev)?;
                 let b = Var::zeros((t.out_dim, r), DType::F32, &dev)?;
                 n_train += a.elem_count() + b.elem_count();
-                m.attach_lora(&t.name, LoraLinear::new(a, b, alpha / r as f64)?)?;
+                m.attach_lora(&t.name, Lora::new(a, b, alpha / r as f64)?)?;
             }
             Some(e) => {
                 let a = Var::rand(-bound as f32, bound as f32, (e, r, t.in_dim), &dev)?;
                 let b = Var::zeros((e, t.out_dim, r), DType::F32, &dev)?;
                 n_train += a.elem_count() + b.elem_count();
-                m.attach_lora(&t.name, SwitchLora::new(a, b, alpha / r as f64)?)?;
+                m.attach_lora(&t.name, Lora::new(a, b, alpha / r as f64)?)?;
             }
         }
     }

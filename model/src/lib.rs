@@ -23,4 +23,4 @@ mod validate;
 
 pub use arch::{Cache, GptOss};
 pub use config::Config;
-pub use lora::{LoraAdapter, LoraDropout, LoraLinear, LoraTarget, SwitchLora, Target};
+pub use lora::{Lora, LoraDropout, LoraTarget, Target};

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs;
 use osstune_model::arch::linear::Linear;
 use osstune_model::kernels::{self, reference, AttentionShape, Backend, CausalMask};
-use osstune_model::LoraLinear;
+use osstune_model::Lora;
 
 /// CPU, then every GPU the build has a backend for and the machine has.
 pub fn devices() -> Vec<Device> {
@@ -211,7 +211,7 @@ fn lora_linear_matches_reference() {
                 &[x.as_tensor(), &w, &bias, a.as_tensor(), b.as_tensor()],
             );
             let mut lin = Linear::new(w.clone(), Some(bias.clone()));
-            lin.lora = Some(LoraLinear::new(a.clone(), b.clone(), scale).unwrap());
+            *lin.lora_slot() = Some(Lora::new(a.clone(), b.clone(), scale).unwrap());
             // Output weights so that every element of y reaches the loss differently.
             let probe = randn(&[m, out], 6, &dev);
 

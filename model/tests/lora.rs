@@ -3,7 +3,7 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs;
-use osstune_model::{Cache, GptOss, LoraLinear, SwitchLora};
+use osstune_model::{Cache, GptOss, Lora};
 
 fn model() -> GptOss {
     let dir = common::fixture("dense");
@@ -51,7 +51,7 @@ fn attach_all(m: &mut GptOss, r: usize, b_std: f64) -> Vec<(String, Var, Var)> {
                 } else {
                     rand_var(&[t.out_dim, r], b_std)
                 };
-                let l = LoraLinear::new(a.clone(), b.clone(), 2.0).unwrap();
+                let l = Lora::new(a.clone(), b.clone(), 2.0).unwrap();
                 m.attach_lora(&t.name, l).unwrap();
                 vars.push((t.name.clone(), a, b));
             }
@@ -62,7 +62,7 @@ fn attach_all(m: &mut GptOss, r: usize, b_std: f64) -> Vec<(String, Var, Var)> {
                 } else {
                     rand_var(&[e, t.out_dim, r], b_std)
                 };
-                let l = SwitchLora::new(a.clone(), b.clone(), 2.0).unwrap();
+                let l = Lora::new(a.clone(), b.clone(), 2.0).unwrap();
                 m.attach_lora(&t.name, l).unwrap();
                 vars.push((t.name.clone(), a, b));
             }
@@ -100,7 +100,7 @@ fn attach_rejects_bad_names_and_shapes() {
     let mut m = model();
     let a = rand_var(&[4, 64], 0.1);
     let b = rand_var(&[128, 4], 0.1);
-    let l = LoraLinear::new(a.clone(), b.clone(), 1.0).unwrap();
+    let l = Lora::new(a.clone(), b.clone(), 1.0).unwrap();
     let e = m
         .attach_lora("model.layers.9.self_attn.q_proj", l.clone())
         .unwrap_err();
@@ -112,7 +112,7 @@ fn attach_rejects_bad_names_and_shapes() {
     let e = m
         .attach_lora("model.layers.0.mlp.experts.gate_proj", l)
         .unwrap_err();
-    assert!(format!("{e:#}").contains("SwitchLora"), "{e:#}");
+    assert!(format!("{e:#}").contains("expert projection"), "{e:#}");
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
             .unwrap();
         match t.experts {
             None => {
-                let l = LoraLinear::new(
+                let l = Lora::new(
                     rand_var(&[4, t.in_dim], 0.3),
                     rand_var(&[t.out_dim, 4], 0.3),
                     2.0,
@@ -153,7 +153,7 @@ fn zero_b_is_a_no_op_and_nonzero_b_changes_logits() {
                 m.attach_lora(&t.name, l).unwrap();
             }
             Some(e) => {
-                let l = SwitchLora::new(
+                let l = Lora::new(
                     rand_var(&[e, 4, t.in_dim], 0.3),
                     rand_var(&[e, t.out_dim, 4], 0.3),
                     2.0,

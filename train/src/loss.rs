@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use osstune_model::kernels::{self, reference::host_ce};
-use osstune_model::{GptOss, LoraLinear};
+use osstune_model::{GptOss, Lora};
 
 /// Inputs of a micro-batch as tensors.
 pub struct BatchTensors {
@@ -96,7 +96,7 @@ pub fn hidden_loss(
     let hs = h.reshape((b * t, hd))?.index_select(&idx, 0)?;
     let tg: Vec<u32> = rows.iter().map(|&i| tg_all[i as usize]).collect();
     let w: Vec<f32> = rows.iter().map(|&i| w_all[i as usize]).collect();
-    let (total, dh, head) = match &model.lm_head_lora {
+    let (total, dh, head) = match model.lm_head_lora() {
         Some(l) => head_lora_loss(model, l, &hs, &rows, (&tg, &w), grad_scale, chunk * b)?,
         None => {
             let (total, dh) = kernels::linear_cross_entropy(
@@ -139,7 +139,7 @@ type HeadLoss = (f64, Option<Tensor>, Vec<(Tensor, Tensor)>);
 
 fn head_lora_loss(
     model: &GptOss,
-    lora: &LoraLinear,
+    lora: &Lora,
     hs: &Tensor,
     rows: &[u32],
     (tg, w): (&[u32], &[f32]),
@@ -148,7 +148,7 @@ fn head_lora_loss(
 ) -> Result<HeadLoss> {
     let (n, hd) = hs.dims2()?;
     let v = model.cfg.vocab_size;
-    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
+    let (a, b) = (lora.a().as_tensor(), lora.b().as_tensor());
     let (mut total, mut dh) = (0.0, Vec::new());
     let (mut ga, mut gb): (Option<Tensor>, Option<Tensor>) = (None, None);
     let step = rows_per_chunk.max(1);
@@ -156,11 +156,8 @@ fn head_lora_loss(
         let part = r0..(r0 + step).min(n);
         let leaf = Var::from_tensor(&hs.narrow(0, r0, part.len())?)?;
         let x = leaf.as_tensor();
-        let lora_in = match &lora.dropout {
-            Some(d) => d.apply(x, Some(&rows[part.clone()]))?,
-            None => x.clone(),
-        };
-        let logits = (kernels::linear(x, &model.lm_head, None)? + lora.delta(&lora_in)?)?;
+        let lora_in = lora.lora_input(x, Some(&rows[part.clone()]))?;
+        let logits = (kernels::linear(x, &model.lm_head, None)? + lora.delta(&lora_in, None)?)?;
         let values: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let (l, g) = host_ce(&values, v, &tg[part.clone()], &w[part.clone()], grad_scale);
         total += l;

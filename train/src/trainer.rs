@@ -24,7 +24,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use osstune_model::error::NonFinite;
-use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
+use osstune_model::{GptOss, Lora, LoraDropout};
 use osstune_optim::{Optimizer, Schedule};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,13 +47,8 @@ pub fn target_shapes(model: &GptOss) -> Vec<TargetShape> {
 pub fn attach(model: &mut GptOss, ad: &Adapters) -> Result<()> {
     let scale = ad.scale();
     for p in &ad.pairs {
-        if p.shape.experts.is_some() {
-            let l = SwitchLora::new(p.a.clone(), p.b.clone(), scale)?;
-            model.attach_lora(&p.shape.name, l)?;
-        } else {
-            let l = LoraLinear::new(p.a.clone(), p.b.clone(), scale)?;
-            model.attach_lora(&p.shape.name, l)?;
-        }
+        let l = Lora::new(p.a.clone(), p.b.clone(), scale)?;
+        model.attach_lora(&p.shape.name, l)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use osstune_model::arch::moe::Moe;
-use osstune_model::{GptOss, LoraDropout, LoraLinear, SwitchLora};
+use osstune_model::{GptOss, Lora, LoraDropout, Target};
 use osstune_train::rng::SplitMix64;
 
 const CPU: Device = Device::Cpu;
@@ -33,13 +33,13 @@ fn attach_random(m: &mut GptOss, seed: u64) {
             None => {
                 let a = Var::from_tensor(&rand(&mut rng, &[r, t.in_dim], a_std)).unwrap();
                 let b = Var::from_tensor(&rand(&mut rng, &[t.out_dim, r], 0.3)).unwrap();
-                m.attach_lora(&t.name, LoraLinear::new(a, b, 2.0).unwrap())
+                m.attach_lora(&t.name, Lora::new(a, b, 2.0).unwrap())
                     .unwrap();
             }
             Some(e) => {
                 let a = Var::from_tensor(&rand(&mut rng, &[e, r, t.in_dim], a_std)).unwrap();
                 let b = Var::from_tensor(&rand(&mut rng, &[e, t.out_dim, r], 0.3)).unwrap();
-                m.attach_lora(&t.name, SwitchLora::new(a, b, 2.0).unwrap())
+                m.attach_lora(&t.name, Lora::new(a, b, 2.0).unwrap())
                     .unwrap();
             }
         }
@@ -81,8 +81,8 @@ fn attention_projection_matches_explicit_mask() {
     let step = LoraDropout { p: 0.3, seed: 99 };
     m.set_lora_dropout(Some(step));
     let lin = &m.layers[0].attn.q_proj;
-    let l = lin.lora.as_ref().unwrap();
-    let d = l.dropout.unwrap();
+    let l = lin.lora().unwrap();
+    let d = l.dropout().unwrap();
     assert_eq!(d, step.for_target("model.layers.0.self_attn.q_proj"));
     let mut rng = SplitMix64::new(3);
     let x = Var::from_tensor(&rand(&mut rng, &[2, 5, 64], 1.0)).unwrap();
@@ -99,7 +99,7 @@ fn attention_projection_matches_explicit_mask() {
         .unwrap()
         .broadcast_add(lin.bias.as_ref().unwrap())
         .unwrap();
-    let want = (base + low_rank(l.a.as_tensor(), l.b.as_tensor(), l.scale, &xm))
+    let want = (base + low_rank(l.a().as_tensor(), l.b().as_tensor(), l.scale(), &xm))
         .unwrap()
         .reshape(y.dims())
         .unwrap();
@@ -108,7 +108,7 @@ fn attention_projection_matches_explicit_mask() {
     // Without dropout the output is clearly different (the mask matters).
     let plain = {
         let mut lin = lin.clone();
-        lin.lora.as_mut().unwrap().dropout = None;
+        lin.lora_slot().as_mut().unwrap().set_dropout(None);
         lin.forward(x.as_tensor()).unwrap()
     };
     assert!(rel(&plain, &want) > 1e-2);
@@ -117,7 +117,7 @@ fn attention_projection_matches_explicit_mask() {
     let g = rand(&mut rng, y.dims(), 1.0);
     let gs = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     let gr = (&want * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    for (v, what) in [(&l.a, "A"), (&l.b, "B"), (&x, "x")] {
+    for (v, what) in [(l.a(), "A"), (l.b(), "B"), (&x, "x")] {
         let (o, r) = (grad(&gs, v, what), grad(&gr, v, what));
         assert!(rel(&o, &r) < 1e-5, "d{what}: {}", rel(&o, &r));
     }
@@ -135,7 +135,7 @@ fn attention_projection_matches_explicit_mask() {
             .to_scalar::<f64>()
             .unwrap()
     };
-    for (v, what) in [(&l.a, "A"), (&l.b, "B")] {
+    for (v, what) in [(l.a(), "A"), (l.b(), "B")] {
         let an = grad(&gs, v, what)
             .flatten_all()
             .unwrap()
@@ -176,20 +176,20 @@ fn reference_moe(moe: &Moe, x: &Tensor) -> Tensor {
     let h = x.dim(1).unwrap();
     let k = moe.top_k;
     let r = &moe.router;
-    let rl = r.lora.as_ref().unwrap();
-    let xm = masked(&rl.dropout.unwrap(), x, |t| t as u64);
+    let rl = r.lora().unwrap();
+    let xm = masked(&rl.dropout().unwrap(), x, |t| t as u64);
     let logits = (x
         .matmul(&r.weight.to_tensor(DType::F32, &CPU).unwrap().t().unwrap())
         .unwrap()
         .broadcast_add(r.bias.as_ref().unwrap())
         .unwrap()
-        + low_rank(rl.a.as_tensor(), rl.b.as_tensor(), rl.scale, &xm))
+        + low_rank(rl.a().as_tensor(), rl.b().as_tensor(), rl.scale(), &xm))
     .unwrap();
     let lv: Vec<Vec<f32>> = logits.to_vec2().unwrap();
     let (gl, ul, dl) = (
-        moe.gate_lora.as_ref().unwrap(),
-        moe.up_lora.as_ref().unwrap(),
-        moe.down_lora.as_ref().unwrap(),
+        moe.lora(Target::Gate).unwrap(),
+        moe.lora(Target::Up).unwrap(),
+        moe.lora(Target::Down).unwrap(),
     );
     let mut rows = Vec::new();
     for (t, row) in lv.iter().enumerate() {
@@ -213,11 +213,11 @@ fn reference_moe(moe: &Moe, x: &Tensor) -> Tensor {
         for (j, &e) in top.iter().enumerate() {
             let e = e as usize;
             let slot = (t * k + j) as u64;
-            let lr = |l: &SwitchLora, inp: &Tensor| {
-                let im = masked(&l.dropout.unwrap(), inp, |_| slot);
-                let a = l.a.as_tensor().get(e).unwrap();
-                let b = l.b.as_tensor().get(e).unwrap();
-                low_rank(&a, &b, l.scale, &im)
+            let lr = |l: &Lora, inp: &Tensor| {
+                let im = masked(&l.dropout().unwrap(), inp, |_| slot);
+                let a = l.a().as_tensor().get(e).unwrap();
+                let b = l.b().as_tensor().get(e).unwrap();
+                low_rank(&a, &b, l.scale(), &im)
             };
             let w1 = moe.gate_up.expert(e, DType::F32, &CPU).unwrap();
             let b1 = moe.gate_up_bias.get(e).unwrap();
@@ -262,21 +262,21 @@ fn assert_moe_grads_match(moe: &Moe, x: &Var, y: &Tensor, want: &Tensor, rng: &m
     let g = rand(rng, y.dims(), 1.0);
     let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     let gr = (want * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let rl = moe.router.lora.as_ref().unwrap();
+    let rl = moe.router.lora().unwrap();
     let (gl, ul, dl) = (
-        moe.gate_lora.as_ref().unwrap(),
-        moe.up_lora.as_ref().unwrap(),
-        moe.down_lora.as_ref().unwrap(),
+        moe.lora(Target::Gate).unwrap(),
+        moe.lora(Target::Up).unwrap(),
+        moe.lora(Target::Down).unwrap(),
     );
     let vars = [
-        (&rl.a, "router A"),
-        (&rl.b, "router B"),
-        (&gl.a, "gate A"),
-        (&gl.b, "gate B"),
-        (&ul.a, "up A"),
-        (&ul.b, "up B"),
-        (&dl.a, "down A"),
-        (&dl.b, "down B"),
+        (rl.a(), "router A"),
+        (rl.b(), "router B"),
+        (gl.a(), "gate A"),
+        (gl.b(), "gate B"),
+        (ul.a(), "up A"),
+        (ul.b(), "up B"),
+        (dl.a(), "down A"),
+        (dl.b(), "down B"),
         (x, "x"),
     ];
     for (v, what) in vars {
@@ -292,9 +292,9 @@ fn expert_projections_match_explicit_mask() {
     let step = LoraDropout { p: 0.4, seed: 5 };
     m.set_lora_dropout(Some(step));
     let moe = &m.layers[1].moe;
-    let gl = moe.gate_lora.as_ref().unwrap();
+    let gl = moe.lora(Target::Gate).unwrap();
     assert_eq!(
-        gl.dropout.unwrap(),
+        gl.dropout().unwrap(),
         step.for_target("model.layers.1.mlp.experts.gate_proj")
     );
     let mut rng = SplitMix64::new(4);
@@ -387,7 +387,7 @@ fn zero_rate_and_off_change_nothing() {
         let a = Var::from_tensor(&Tensor::ones((4, t.in_dim), DType::F32, &CPU).unwrap()).unwrap();
         let b = Var::zeros((t.out_dim, 4), DType::F32, &CPU).unwrap();
         match t.experts {
-            None => z.attach_lora(&t.name, LoraLinear::new(a, b, 2.0).unwrap()),
+            None => z.attach_lora(&t.name, Lora::new(a, b, 2.0).unwrap()),
             Some(e) => {
                 let a = Var::from_tensor(
                     &a.as_tensor()
@@ -398,7 +398,7 @@ fn zero_rate_and_off_change_nothing() {
                 )
                 .unwrap();
                 let b = Var::zeros((e, t.out_dim, 4), DType::F32, &CPU).unwrap();
-                z.attach_lora(&t.name, SwitchLora::new(a, b, 2.0).unwrap())
+                z.attach_lora(&t.name, Lora::new(a, b, 2.0).unwrap())
             }
         }
         .unwrap();
@@ -417,20 +417,16 @@ fn fused_expert_op_matches_explicit_reference() {
     let mut m = model(DType::F32);
     attach_random(&mut m, 3);
     let moe = &m.layers[0].moe;
-    let mut reference = moe.clone();
-    let keep_all = |d: &mut Option<LoraDropout>| *d = Some(LoraDropout { p: 0.0, seed: 1 });
-    keep_all(&mut reference.router.lora.as_mut().unwrap().dropout);
-    for l in [
-        &mut reference.gate_lora,
-        &mut reference.up_lora,
-        &mut reference.down_lora,
-    ] {
-        keep_all(&mut l.as_mut().unwrap().dropout);
+    let mut reference = m.clone();
+    for t in [Target::Router, Target::Gate, Target::Up, Target::Down] {
+        let l = reference.lora_slot(t, 0).unwrap().as_mut().unwrap();
+        l.set_dropout(Some(LoraDropout { p: 0.0, seed: 1 }));
     }
+    let reference = &reference.layers[0].moe;
     let mut rng = SplitMix64::new(9);
     let x = Var::from_tensor(&rand(&mut rng, &[15, 64], 1.0)).unwrap();
     let y = moe.forward(x.as_tensor()).unwrap();
-    let want = reference_moe(&reference, x.as_tensor());
+    let want = reference_moe(reference, x.as_tensor());
     assert!(rel(&y, &want) < 1e-5, "forward: {}", rel(&y, &want));
 
     assert_moe_grads_match(moe, &x, &y, &want, &mut rng);

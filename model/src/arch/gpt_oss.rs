@@ -7,7 +7,7 @@ use crate::arch::rope::RopeTable;
 use crate::config::Config;
 use crate::error::NonFinite;
 use crate::kernels;
-use crate::lora::adapter::{check_linear, check_switch, LoraAdapter, LoraLinear, LoraSlot};
+use crate::lora::adapter::Lora;
 use crate::lora::targets::{self, LoraTarget, Target};
 use crate::lora::LoraDropout;
 use crate::quant::matrix::Matrix;
@@ -17,10 +17,10 @@ use candle_core::{DType, Device, Tensor};
 #[derive(Debug, Clone)]
 pub struct Block {
     /// `[H]` f32
-    pub input_norm: Tensor,
+    pub(crate) input_norm: Tensor,
     pub attn: Attention,
     /// `[H]` f32
-    pub post_norm: Tensor,
+    pub(crate) post_norm: Tensor,
     pub moe: Moe,
 }
 
@@ -28,20 +28,29 @@ pub struct Block {
 pub struct GptOss {
     pub cfg: Config,
     /// `[V, H]`, frozen.
-    pub embed: Matrix,
+    pub(crate) embed: Matrix,
     pub layers: Vec<Block>,
     /// `[H]` f32
     pub norm: Tensor,
     /// `[V, H]`, frozen.
     pub lm_head: Matrix,
-    /// The lm_head's adapter (the `lm_head` LoRA target; off by default).
-    pub lm_head_lora: Option<LoraLinear>,
+    /// The adapters of the model-level LoRA targets.
+    pub(crate) lora: ModelLora,
     pub rope: RopeTable,
     pub device: Device,
     pub dtype: DType,
     /// `io::content_digest` of the checkpoint it was loaded from (None if unknown, or cleared
     /// to apply an adapter of another base on purpose).
     pub content_digest: Option<String>,
+}
+
+/// The adapter slots of the model-level LoRA targets (per-layer ones sit in their layer's
+/// `Linear` / `Moe`). `Default` is none attached, so building a `GptOss` names no slot: a new
+/// model-level target is a field here and its arm in [`GptOss::lora_slot`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ModelLora {
+    /// The lm_head's adapter (the `lm_head` target; off by default).
+    pub(crate) lm_head: Option<Lora>,
 }
 
 /// Per-layer KV cache for incremental decoding.
@@ -166,12 +175,17 @@ impl GptOss {
         let mut shape = hidden.dims().to_vec();
         let h2 = hidden.reshape(((), hd))?;
         let mut y = kernels::linear(&h2, &self.lm_head, None)?;
-        if let Some(l) = &self.lm_head_lora {
-            y = (y + l.delta(&l.lora_input(&h2)?)?)?;
+        if let Some(l) = &self.lora.lm_head {
+            y = (y + l.delta(&l.lora_input(&h2, None)?, None)?)?;
         }
         let last = shape.len() - 1;
         shape[last] = self.cfg.vocab_size;
         Ok(y.reshape(shape)?)
+    }
+
+    /// The lm_head's adapter, if attached (the trainer's loss forms the head's logits itself).
+    pub fn lm_head_lora(&self) -> Option<&Lora> {
+        self.lora.lm_head.as_ref()
     }
 
     /// Every adaptable projection (the registry's sites for this model's shape).
@@ -181,9 +195,9 @@ impl GptOss {
 
     /// The adapter slot of `target` at `layer` (the one place that maps registry targets to
     /// the fields that hold their adapters).
-    pub fn lora_slot(&mut self, target: Target, layer: usize) -> Result<LoraSlot<'_>> {
+    pub fn lora_slot(&mut self, target: Target, layer: usize) -> Result<&mut Option<Lora>> {
         if target == Target::LmHead {
-            return Ok(LoraSlot::Dense(&mut self.lm_head_lora));
+            return Ok(&mut self.lora.lm_head);
         }
         let n = self.layers.len();
         let b = self
@@ -191,14 +205,14 @@ impl GptOss {
             .get_mut(layer)
             .with_context(|| format!("{target} at layer {layer}: the model has {n} layers"))?;
         Ok(match target {
-            Target::Q => LoraSlot::Dense(&mut b.attn.q_proj.lora),
-            Target::K => LoraSlot::Dense(&mut b.attn.k_proj.lora),
-            Target::V => LoraSlot::Dense(&mut b.attn.v_proj.lora),
-            Target::O => LoraSlot::Dense(&mut b.attn.o_proj.lora),
-            Target::Router => LoraSlot::Dense(&mut b.moe.router.lora),
-            Target::Gate => LoraSlot::Experts(&mut b.moe.gate_lora),
-            Target::Up => LoraSlot::Experts(&mut b.moe.up_lora),
-            Target::Down => LoraSlot::Experts(&mut b.moe.down_lora),
+            Target::Q => &mut b.attn.q_proj.lora,
+            Target::K => &mut b.attn.k_proj.lora,
+            Target::V => &mut b.attn.v_proj.lora,
+            Target::O => &mut b.attn.o_proj.lora,
+            Target::Router => &mut b.moe.router.lora,
+            Target::Gate => &mut b.moe.lora.gate,
+            Target::Up => &mut b.moe.lora.up,
+            Target::Down => &mut b.moe.lora.down,
             Target::LmHead => unreachable!("handled above"),
         })
     }
@@ -206,7 +220,7 @@ impl GptOss {
     /// Calls `f` with every adaptable site and its slot, in registry order.
     pub fn visit_lora(
         &mut self,
-        mut f: impl FnMut(&LoraTarget, LoraSlot<'_>) -> Result<()>,
+        mut f: impl FnMut(&LoraTarget, &mut Option<Lora>) -> Result<()>,
     ) -> Result<()> {
         for site in self.lora_targets() {
             let slot = self.lora_slot(site.target, site.layer)?;
@@ -215,29 +229,16 @@ impl GptOss {
         Ok(())
     }
 
-    /// Attaches (or replaces) the adapter of projection `name` (a `lora_targets()` name).
-    pub fn attach_lora(&mut self, name: &str, adapter: impl Into<LoraAdapter>) -> Result<()> {
+    /// Attaches (or replaces) the adapter of projection `name` (a `lora_targets()` name),
+    /// after checking its factors fit that projection.
+    pub fn attach_lora(&mut self, name: &str, adapter: Lora) -> Result<()> {
         let site = self
             .lora_targets()
             .into_iter()
             .find(|t| t.name == name)
             .with_context(|| format!("unknown LoRA target {name}"))?;
-        match (self.lora_slot(site.target, site.layer)?, adapter.into()) {
-            (LoraSlot::Dense(slot), LoraAdapter::Linear(l)) => {
-                check_linear(&site, &l)?;
-                *slot = Some(l);
-            }
-            (LoraSlot::Experts(slot), LoraAdapter::Switch(l)) => {
-                check_switch(&site, &l)?;
-                *slot = Some(l);
-            }
-            (LoraSlot::Dense(_), LoraAdapter::Switch(_)) => {
-                bail!("{name} is a dense projection: attach a LoraLinear")
-            }
-            (LoraSlot::Experts(_), LoraAdapter::Linear(_)) => {
-                bail!("{name} is an expert projection: attach a SwitchLora")
-            }
-        }
+        adapter.check(&site)?;
+        *self.lora_slot(site.target, site.layer)? = Some(adapter);
         Ok(())
     }
 
@@ -245,7 +246,7 @@ impl GptOss {
     pub fn clear_lora(&mut self) {
         // Cannot fail: every registry site of this model has a slot.
         let _ = self.visit_lora(|_, slot| {
-            slot.clear();
+            *slot = None;
             Ok(())
         });
     }
@@ -257,7 +258,9 @@ impl GptOss {
     pub fn set_lora_dropout(&mut self, d: Option<LoraDropout>) {
         let d = d.filter(|d| d.p > 0.0);
         let _ = self.visit_lora(|site, slot| {
-            slot.set_dropout(d.map(|d| d.for_target(&site.name)));
+            if let Some(l) = slot {
+                l.set_dropout(d.map(|d| d.for_target(&site.name)));
+            }
             Ok(())
         });
     }

@@ -12,7 +12,8 @@
 use crate::arch::linear::Linear;
 use crate::error::NonFinite;
 use crate::kernels::{self, ExpertLora, Experts, LoraInput};
-use crate::lora::adapter::SwitchLora;
+use crate::lora::adapter::Lora;
+use crate::lora::targets::Target;
 use crate::quant::experts::ExpertMat;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -32,9 +33,17 @@ pub struct Moe {
     pub top_k: usize,
     pub limit: f64,
     pub alpha: f64,
-    pub gate_lora: Option<SwitchLora>,
-    pub up_lora: Option<SwitchLora>,
-    pub down_lora: Option<SwitchLora>,
+    /// The expert projections' adapters (the router's sits on `router`).
+    pub(crate) lora: ExpertLoras,
+}
+
+/// The adapter slots of a layer's expert projections (factors `[E, r, in]`, `[E, out, r]`).
+/// `Default` is none attached, so building a `Moe` names no slot.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ExpertLoras {
+    pub(crate) gate: Option<Lora>,
+    pub(crate) up: Option<Lora>,
+    pub(crate) down: Option<Lora>,
 }
 
 /// Host-side routing: the chosen experts `[N, k]`, and for each expert the flat
@@ -80,13 +89,14 @@ fn route(logits: &Tensor, k: usize) -> Result<Routing> {
 
 /// An attached expert adapter as the kernels take it, with its LoRA dropout (if any) as the
 /// low-rank path's input.
-fn expert_lora(l: &Option<SwitchLora>) -> Option<ExpertLora<'_>> {
+fn expert_lora(l: &Option<Lora>) -> Option<ExpertLora<'_>> {
     l.as_ref().map(|l| ExpertLora {
-        a: l.a.as_tensor(),
-        b: l.b.as_tensor(),
-        scale: l.scale,
-        input: l.dropout.as_ref().map(|_| {
-            Box::new(move |x: &Tensor, slots: &[u32]| l.lora_input(x, slots)) as Box<LoraInput>
+        a: l.a().as_tensor(),
+        b: l.b().as_tensor(),
+        scale: l.scale(),
+        input: l.dropout().map(|_| {
+            Box::new(move |x: &Tensor, slots: &[u32]| l.lora_input(x, Some(slots)))
+                as Box<LoraInput>
         }),
     })
 }
@@ -98,6 +108,18 @@ impl Moe {
 
     pub fn intermediate(&self) -> usize {
         self.down.out_in().1
+    }
+
+    /// The adapter attached to one of this layer's MoE targets (router, gate, up, down), to
+    /// read; attaching goes through `GptOss::attach_lora` / `lora_slot`.
+    pub fn lora(&self, target: Target) -> Option<&Lora> {
+        match target {
+            Target::Router => self.router.lora(),
+            Target::Gate => self.lora.gate.as_ref(),
+            Target::Up => self.lora.up.as_ref(),
+            Target::Down => self.lora.down.as_ref(),
+            _ => None,
+        }
     }
 
     /// `x [N, H]` → `[N, H]`.
@@ -114,9 +136,9 @@ impl Moe {
             gate_up_bias: &self.gate_up_bias,
             down: &self.down,
             down_bias: &self.down_bias,
-            gate_lora: expert_lora(&self.gate_lora),
-            up_lora: expert_lora(&self.up_lora),
-            down_lora: expert_lora(&self.down_lora),
+            gate_lora: expert_lora(&self.lora.gate),
+            up_lora: expert_lora(&self.lora.up),
+            down_lora: expert_lora(&self.lora.down),
             top_k: self.top_k,
             limit: self.limit,
             alpha: self.alpha,

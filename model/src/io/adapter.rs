@@ -8,7 +8,7 @@
 //! — not "another model"), a shape another model would have, non-finite values.
 
 use crate::arch::GptOss;
-use crate::lora::adapter::{LoraLinear, SwitchLora};
+use crate::lora::adapter::Lora;
 use crate::lora::targets::{LoraTarget, Target};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -158,11 +158,7 @@ pub fn attach_dir(model: &mut GptOss, dir: &Path, device: &Device) -> Result<Ada
     let scale = ad.config.scale();
     for (site, a, b) in ad.factors {
         let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-        if site.experts.is_some() {
-            model.attach_lora(&site.name, SwitchLora::new(a, b, scale)?)?;
-        } else {
-            model.attach_lora(&site.name, LoraLinear::new(a, b, scale)?)?;
-        }
+        model.attach_lora(&site.name, Lora::new(a, b, scale)?)?;
     }
     Ok(ad.config)
 }

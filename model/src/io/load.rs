@@ -314,9 +314,7 @@ impl Loader<'_> {
             top_k: c.num_experts_per_tok,
             limit: c.swiglu_limit,
             alpha: c.swiglu_alpha,
-            gate_lora: None,
-            up_lora: None,
-            down_lora: None,
+            lora: Default::default(),
         };
         Ok(Block {
             input_norm: self.f32(&format!("{p}.input_layernorm.weight"), &[h])?,
@@ -405,7 +403,7 @@ impl GptOss {
             layers,
             norm,
             lm_head,
-            lm_head_lora: None,
+            lora: Default::default(),
             rope,
             device: dev.clone(),
             dtype,

@@ -14,25 +14,38 @@ use crate::lora::targets::LoraTarget;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 
-/// Low-rank delta for a dense projection.
+/// The low-rank adapter of one site (a [`LoraTarget`]), dense or per-expert.
+///
+/// Storage: a dense site holds `A [r, in]` and `B [out, r]`, with no experts axis; an expert
+/// site holds one pair per expert on a leading axis, `A [E, r, in]` and `B [E, out, r]`.
+/// Dense factors get no `E = 1` axis because every kernel then takes the Vars as they are:
+/// the dense ones (`kernels::lora_linear`, the lm_head's loss) multiply 2-D factors, the
+/// expert ones index the stacked 3-D factors by expert, and neither reshapes or copies an
+/// adapter per forward. [`Lora::experts`] tells the two apart.
 #[derive(Debug, Clone)]
-pub struct LoraLinear {
-    /// `[r, in]`
-    pub a: Var,
-    /// `[out, r]`
-    pub b: Var,
-    pub scale: f64,
-    /// Training-time dropout on the LoRA input; `None` runs the fused path.
-    pub dropout: Option<LoraDropout>,
+pub struct Lora {
+    /// `[r, in]` or `[E, r, in]`
+    a: Var,
+    /// `[out, r]` or `[E, out, r]`
+    b: Var,
+    scale: f64,
+    /// Training-time dropout on the LoRA input; `None` runs the fused paths.
+    dropout: Option<LoraDropout>,
 }
 
-impl LoraLinear {
+impl Lora {
+    /// An adapter from its factors: both 2-D (`[r, in]`, `[out, r]`) for a dense site, or both
+    /// 3-D (`[E, r, in]`, `[E, out, r]`) for an expert site; the delta is scaled by `scale`.
     pub fn new(a: Var, b: Var, scale: f64) -> Result<Self> {
-        let (r, _) = a.dims2().context("lora_a must be [r, in]")?;
-        let (_, rb) = b.dims2().context("lora_b must be [out, r]")?;
-        if r != rb {
+        let fits = match (a.dims(), b.dims()) {
+            (&[r, _], &[_, rb]) => r == rb,
+            (&[e, r, _], &[eb, _, rb]) => e == eb && r == rb,
+            _ => false,
+        };
+        if !fits {
             bail!(
-                "lora rank mismatch: lora_a {:?}, lora_b {:?}",
+                "lora factors must be [r, in] and [out, r] (dense) or [E, r, in] and \
+                 [E, out, r] (experts) of one rank: lora_a {:?}, lora_b {:?}",
                 a.dims(),
                 b.dims()
             );
@@ -45,33 +58,75 @@ impl LoraLinear {
         })
     }
 
-    pub fn rank(&self) -> usize {
-        self.a.dims()[0]
+    /// `A`: `[r, in]`, or `[E, r, in]` for experts.
+    pub fn a(&self) -> &Var {
+        &self.a
     }
 
-    /// What the low-rank path reads: `x`, or `dropout(x)` (rows numbered 0..) while training.
-    pub fn lora_input(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.dropout {
-            None => Ok(x.clone()),
-            Some(d) => d.apply(x, None),
-        }
+    /// `B`: `[out, r]`, or `[E, out, r]` for experts.
+    pub fn b(&self) -> &Var {
+        &self.b
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// `Some(E)` for a per-expert adapter, `None` for a dense one.
+    pub fn experts(&self) -> Option<usize> {
+        let d = self.a.dims();
+        (d.len() == 3).then(|| d[0])
+    }
+
+    fn lead(&self) -> usize {
+        self.a.rank() - 2
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[self.lead()]
     }
 
     pub fn in_dim(&self) -> usize {
-        self.a.dims()[1]
+        self.a.dims()[self.lead() + 1]
     }
 
     pub fn out_dim(&self) -> usize {
-        self.b.dims()[0]
+        self.b.dims()[self.lead()]
     }
 
-    /// `scale · (x Aᵀ) Bᵀ` for `x [..., in]` → `[..., out]`, in `x`'s dtype.
-    pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn dropout(&self) -> Option<LoraDropout> {
+        self.dropout
+    }
+
+    /// Sets (or with `None` clears) the dropout on the LoRA input; see `lora::dropout`.
+    pub fn set_dropout(&mut self, d: Option<LoraDropout>) {
+        self.dropout = d;
+    }
+
+    /// What the low-rank path reads for `x [..., in]`: `x`, or `dropout(x)` while training.
+    /// Rows are numbered 0.. (a dense projection's flattened input) or by `rows` (gathered
+    /// expert rows: their routing slots token · k + j).
+    pub fn lora_input(&self, x: &Tensor, rows: Option<&[u32]>) -> Result<Tensor> {
+        match &self.dropout {
+            None => Ok(x.clone()),
+            Some(d) => d.apply(x, rows),
+        }
+    }
+
+    /// `scale · (x Aᵀ) Bᵀ` for `x [..., in]` → `[..., out]`, in `x`'s dtype: the dense
+    /// adapter's (`expert` = `None`), or expert `e`'s for the rows routed to it (`Some(e)`).
+    pub fn delta(&self, x: &Tensor, expert: Option<usize>) -> Result<Tensor> {
+        let (a, b) = match (expert, self.experts()) {
+            (None, None) => (self.a.as_tensor().clone(), self.b.as_tensor().clone()),
+            (Some(e), Some(_)) => (self.a.as_tensor().get(e)?, self.b.as_tensor().get(e)?),
+            (None, Some(_)) => bail!("lora delta: an expert adapter needs the expert"),
+            (Some(_), None) => bail!("lora delta: a dense adapter has no experts"),
+        };
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().context("lora input must have a feature axis")?;
         let x2 = x.reshape(((), in_dim))?;
-        let a = self.a.as_tensor().to_dtype(x.dtype())?;
-        let b = self.b.as_tensor().to_dtype(x.dtype())?;
+        let a = a.to_dtype(x.dtype())?;
+        let b = b.to_dtype(x.dtype())?;
         let y = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
         let y = (y * self.scale)?;
         let mut out_dims = dims;
@@ -79,158 +134,37 @@ impl LoraLinear {
         out_dims[last] = self.out_dim();
         Ok(y.reshape(out_dims)?)
     }
-}
 
-/// Low-rank deltas for the stacked expert projections ("SwitchLinear" in mlx-lm).
-#[derive(Debug, Clone)]
-pub struct SwitchLora {
-    /// `[E, r, in]`
-    pub a: Var,
-    /// `[E, out, r]`
-    pub b: Var,
-    pub scale: f64,
-    /// Training-time dropout on the gathered LoRA inputs; `None` runs the fused path.
-    pub dropout: Option<LoraDropout>,
-}
-
-impl SwitchLora {
-    pub fn new(a: Var, b: Var, scale: f64) -> Result<Self> {
-        let (ea, r, _) = a.dims3().context("expert lora_a must be [E, r, in]")?;
-        let (eb, _, rb) = b.dims3().context("expert lora_b must be [E, out, r]")?;
-        if ea != eb || r != rb {
-            bail!(
-                "expert lora shape mismatch: lora_a {:?}, lora_b {:?}",
-                a.dims(),
-                b.dims()
-            );
-        }
-        Ok(Self {
-            a,
-            b,
-            scale,
-            dropout: None,
-        })
-    }
-
-    pub fn experts(&self) -> usize {
-        self.a.dims()[0]
-    }
-
-    /// What the low-rank path reads for gathered rows `x [n, in]` whose routing slots
-    /// (token · k + j) are `slots`: `x`, or `dropout(x)` while training.
-    pub fn lora_input(&self, x: &Tensor, slots: &[u32]) -> Result<Tensor> {
-        match &self.dropout {
-            None => Ok(x.clone()),
-            Some(d) => d.apply(x, Some(slots)),
-        }
-    }
-
-    pub fn rank(&self) -> usize {
-        self.a.dims()[1]
-    }
-
-    pub fn in_dim(&self) -> usize {
-        self.a.dims()[2]
-    }
-
-    pub fn out_dim(&self) -> usize {
-        self.b.dims()[1]
-    }
-
-    /// Delta of expert `e` for the tokens routed to it: `x [n, in]` → `[n, out]`.
-    pub fn delta(&self, e: usize, x: &Tensor) -> Result<Tensor> {
-        let a = self.a.as_tensor().get(e)?.to_dtype(x.dtype())?;
-        let b = self.b.as_tensor().get(e)?.to_dtype(x.dtype())?;
-        let y = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        Ok((y * self.scale)?)
-    }
-}
-
-/// What `GptOss::attach_lora` accepts: a dense or a per-expert adapter.
-#[derive(Debug, Clone)]
-pub enum LoraAdapter {
-    Linear(LoraLinear),
-    Switch(SwitchLora),
-}
-
-impl From<LoraLinear> for LoraAdapter {
-    fn from(l: LoraLinear) -> Self {
-        LoraAdapter::Linear(l)
-    }
-}
-
-impl From<SwitchLora> for LoraAdapter {
-    fn from(l: SwitchLora) -> Self {
-        LoraAdapter::Switch(l)
-    }
-}
-
-/// A base projection plus its optional adapter.
-pub(crate) fn check_linear(target: &LoraTarget, lora: &LoraLinear) -> Result<()> {
-    if target.experts.is_some() {
-        bail!(
-            "{} is an expert projection: attach a SwitchLora",
-            target.name
-        );
-    }
-    if lora.in_dim() != target.in_dim || lora.out_dim() != target.out_dim {
-        bail!(
-            "{}: lora_a {:?} / lora_b {:?} do not fit a [{}, {}] projection",
-            target.name,
-            lora.a.dims(),
-            lora.b.dims(),
-            target.out_dim,
-            target.in_dim
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn check_switch(target: &LoraTarget, lora: &SwitchLora) -> Result<()> {
-    let Some(e) = target.experts else {
-        bail!("{} is a dense projection: attach a LoraLinear", target.name);
-    };
-    if lora.experts() != e || lora.in_dim() != target.in_dim || lora.out_dim() != target.out_dim {
-        bail!(
-            "{}: lora_a {:?} / lora_b {:?} do not fit {} experts of [{}, {}]",
-            target.name,
-            lora.a.dims(),
-            lora.b.dims(),
-            e,
-            target.out_dim,
-            target.in_dim
-        );
-    }
-    Ok(())
-}
-
-/// Where the adapter of one site lives in the model (see `GptOss::lora_slot`).
-pub enum LoraSlot<'a> {
-    Dense(&'a mut Option<LoraLinear>),
-    Experts(&'a mut Option<SwitchLora>),
-}
-
-impl LoraSlot<'_> {
-    pub fn clear(self) {
-        match self {
-            LoraSlot::Dense(s) => *s = None,
-            LoraSlot::Experts(s) => *s = None,
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        match self {
-            LoraSlot::Dense(s) => s.is_some(),
-            LoraSlot::Experts(s) => s.is_some(),
-        }
-    }
-
-    /// Sets the dropout of the attached adapter (nothing when the slot is empty).
-    pub fn set_dropout(self, d: Option<LoraDropout>) {
-        match self {
-            LoraSlot::Dense(Some(l)) => l.dropout = d,
-            LoraSlot::Experts(Some(l)) => l.dropout = d,
+    /// Checks the factors fit `site` (its kind, experts and matrix shape).
+    pub(crate) fn check(&self, site: &LoraTarget) -> Result<()> {
+        match (site.experts, self.experts()) {
+            (Some(_), None) => bail!(
+                "{} is an expert projection: its adapter needs factors with an experts axis \
+                 ([E, r, in], [E, out, r])",
+                site.name
+            ),
+            (None, Some(_)) => bail!(
+                "{} is a dense projection: its adapter needs 2-D factors ([r, in], [out, r])",
+                site.name
+            ),
             _ => {}
         }
+        if self.experts() != site.experts
+            || self.in_dim() != site.in_dim
+            || self.out_dim() != site.out_dim
+        {
+            let experts = site
+                .experts
+                .map_or(String::new(), |e| format!("{e} experts of "));
+            bail!(
+                "{}: lora_a {:?} / lora_b {:?} do not fit {experts}a [{}, {}] projection",
+                site.name,
+                self.a.dims(),
+                self.b.dims(),
+                site.out_dim,
+                site.in_dim
+            );
+        }
+        Ok(())
     }
 }

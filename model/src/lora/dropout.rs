@@ -4,7 +4,7 @@
 //!   y = base(x) + scale · B · A · dropout(x)
 //!
 //! Inverted dropout: kept entries are scaled by 1/(1−p), dropped ones are 0. Expert adapters
-//! (`SwitchLora`) drop entries of the gathered rows each expert's LoRA sees.
+//! (a `Lora` with an experts axis) drop entries of the gathered rows each expert's LoRA sees.
 //!
 //! Masks are stateless, so nothing about them needs saving or replaying: entry (row, col) of an
 //! adapter's mask is a pure function of (seed, row, col). The trainer derives one seed per

@@ -5,6 +5,6 @@ pub mod adapter;
 pub mod dropout;
 pub mod targets;
 
-pub use adapter::{LoraAdapter, LoraLinear, LoraSlot, SwitchLora};
+pub use adapter::Lora;
 pub use dropout::LoraDropout;
 pub use targets::{LoraTarget, Target};

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use candle_core::{DType, Device, Tensor};
-use osstune_model::{GptOss, LoraDropout};
+use osstune_model::{GptOss, LoraDropout, Target};
 use osstune_train::adapters::WEIGHTS_FILE;
 use osstune_train::config::TrainConfig;
 use osstune_train::rng::SplitMix64;
@@ -118,22 +118,26 @@ pub fn every_dropout(m: &GptOss) -> Vec<Option<LoraDropout>> {
     let mut out = Vec::new();
     for b in &m.layers {
         for l in [
-            &b.attn.q_proj.lora,
-            &b.attn.k_proj.lora,
-            &b.attn.v_proj.lora,
-            &b.attn.o_proj.lora,
-            &b.moe.router.lora,
+            b.attn.q_proj.lora(),
+            b.attn.k_proj.lora(),
+            b.attn.v_proj.lora(),
+            b.attn.o_proj.lora(),
+            b.moe.router.lora(),
         ]
         .into_iter()
         .flatten()
         {
-            out.push(l.dropout);
+            out.push(l.dropout());
         }
-        for l in [&b.moe.gate_lora, &b.moe.up_lora, &b.moe.down_lora]
-            .into_iter()
-            .flatten()
+        for l in [
+            b.moe.lora(Target::Gate),
+            b.moe.lora(Target::Up),
+            b.moe.lora(Target::Down),
+        ]
+        .into_iter()
+        .flatten()
         {
-            out.push(l.dropout);
+            out.push(l.dropout());
         }
     }
     out

@@ -3,8 +3,8 @@
 //! written into the output columns of part `p`, and the matching backward.
 //!
 //! gate/up share one `[M, 2I]` output (gate columns, then up columns) with separate adapters:
-//! their A are stacked along the rank axis (`[E, R, in]`, R = Σ r_p) and their B along the
-//! output axis (`[E, Σ out_p, r]`), so one `x·Aᵀ` serves both. The MoE op (`moe_experts.rs`)
+//! per expert, their A are stacked along the rank axis (`[R, in]`, R = Σ r_p) and their B along
+//! the output axis (`[Σ out_p, r]`), so one `x·Aᵀ` serves both. The MoE op (`moe_experts.rs`)
 //! runs a segment's gate/up, SwiGLU and down back to back through these kernels. Base weights
 //! are constants (no gradient), read where they lie (`frozen.rs`).
 
@@ -25,12 +25,15 @@ pub(crate) struct LoraPart {
 }
 
 /// A grouped projection's weights and (possibly no) adapters, borrowed for one pass:
-/// `bias [E, out]`, stacked `a [E, rt, in]` and `b [E, brows, r]` (empty when `parts` is).
+/// `bias [E, out]`; expert e's stacked A `[rt, in]` starts at `a[e · stride]` and its stacked
+/// B `[brows, r]` at `b[e · stride]` (empty when `parts` is).
 pub(crate) struct Proj<'a> {
     pub mat: &'a ExpertMat,
     pub bias: &'a [f32],
     pub a: &'a [f32],
     pub b: &'a [f32],
+    /// Distance between consecutive experts' blocks in `a` and in `b`.
+    pub stride: usize,
     pub parts: &'a [LoraPart],
     /// Rank of every part; `rt` = stacked rank, `brows` = stacked B rows.
     pub r: usize,
@@ -53,11 +56,11 @@ impl Proj<'_> {
     }
 
     fn expert_a(&self, e: usize) -> &[f32] {
-        &self.a[e * self.a_len()..(e + 1) * self.a_len()]
+        &self.a[e * self.stride..e * self.stride + self.a_len()]
     }
 
     fn expert_b(&self, e: usize) -> &[f32] {
-        &self.b[e * self.b_len()..(e + 1) * self.b_len()]
+        &self.b[e * self.stride..e * self.stride + self.b_len()]
     }
 
     /// `t = x A_eᵀ` `[len, rt]`: every part's rank columns at once.
@@ -84,9 +87,11 @@ impl Proj<'_> {
         let (out, _) = self.out_in();
         let bad = self.parts.iter().any(|p| {
             p.col + p.len > out || p.rank0 + self.r > self.rt || p.brow + p.len > self.brows
-        }) || self.bias.len() != experts * out
-            || self.a.len() != experts * self.a_len()
-            || self.b.len() != experts * self.b_len();
+        }) || self.bias.len() != experts * out;
+        // The last expert's blocks end inside the slices.
+        let fits =
+            |s: &[f32], len: usize| experts == 0 || (experts - 1) * self.stride + len <= s.len();
+        let bad = bad || !fits(self.a, self.a_len()) || !fits(self.b, self.b_len());
         if bad {
             candle_core::bail!("grouped lora projection: parts or adapters do not fit the shapes");
         }

@@ -124,16 +124,18 @@ fn fused(
     }
     let inter = ex.intermediate();
     let gate_up = [(&ex.gate_lora, 0), (&ex.up_lora, inter)];
-    let (gate_up, gu_ab) = proj_spec(ex.gate_up, ex.gate_up_bias, &gate_up)?;
-    let (down, dn_ab) = proj_spec(ex.down, ex.down_bias, &[(&ex.down_lora, 0)])?;
-    // [A_gu | B_gu | A_d | B_d], each flattened (cat is differentiable: the packed
-    // gradient flows back to every adapter's Vars).
-    let mut pieces = Vec::new();
-    for (a, b) in gu_ab.into_iter().chain(dn_ab) {
-        pieces.push(a.flatten_all()?);
-        pieces.push(b.flatten_all()?);
-    }
-    let packed = Tensor::cat(&pieces, 0)?;
+    let (gate_up, gu_a, gu_b) = proj_spec(ex.gate_up, ex.gate_up_bias, &gate_up)?;
+    let (down, dn_a, dn_b) = proj_spec(ex.down, ex.down_bias, &[(&ex.down_lora, 0)])?;
+    // Row e of the pack is expert e's [A_gu | B_gu | A_d | B_d]: one cat of the factors
+    // viewed as [E, ·] (cat is differentiable: the packed gradient flows back to every
+    // adapter's Vars).
+    let e = ex.gate_up.num_experts();
+    let pieces = [gu_a, gu_b, dn_a, dn_b]
+        .concat()
+        .into_iter()
+        .map(|t| t.reshape((e, ())))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let packed = Tensor::cat(&pieces, 1)?;
     let op = MoeExperts {
         gate_up,
         down,
@@ -153,14 +155,17 @@ fn fused(
     )?))
 }
 
+/// A projection's constants and its present adapters' A and B (in stacking order).
+type Spec<'a> = (ProjSpec, Vec<&'a Tensor>, Vec<&'a Tensor>);
+
 /// A projection's constants and the layout of its adapters (`(adapter, first output
-/// column)`) stacked as `expert_proj.rs` expects, with the stacked `(A, B)` when any is
-/// present.
-fn proj_spec(
+/// column)`) stacked as `expert_proj.rs` expects, with the present adapters' A and B in
+/// stacking order.
+fn proj_spec<'a>(
     mat: &ExpertMat,
     bias: &Tensor,
-    adapters: &[(&Option<ExpertLora>, usize)],
-) -> Result<(ProjSpec, Option<(Tensor, Tensor)>)> {
+    adapters: &[(&Option<ExpertLora<'a>>, usize)],
+) -> Result<Spec<'a>> {
     let (mut parts, mut a_list, mut b_list) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rank0, mut brow) = (0, 0);
     for (l, col) in adapters {
@@ -178,11 +183,6 @@ fn proj_spec(
         a_list.push(l.a);
         b_list.push(l.b);
     }
-    let stacked = match a_list.len() {
-        0 => None,
-        1 => Some((a_list[0].clone(), b_list[0].clone())),
-        _ => Some((Tensor::cat(&a_list, 1)?, Tensor::cat(&b_list, 1)?)),
-    };
     let spec = ProjSpec {
         mat: mat.clone(),
         bias: bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
@@ -190,5 +190,5 @@ fn proj_spec(
         rt: rank0,
         brows: brow,
     };
-    Ok((spec, stacked))
+    Ok((spec, a_list, b_list))
 }

@@ -3,8 +3,10 @@
 //!
 //! Inputs: the normed hidden state `h [N, H]`, the routing weights `w [N·k]` (softmax of the
 //! top-k router logits, so the router's LoRA gets its gradient through them) and every expert
-//! adapter packed into one vector `p` = `[A_gu | B_gu | A_d | B_d]` flattened, where gate and
-//! up are stacked as in `expert_proj.rs`.
+//! adapter packed into one matrix `p [E, stride]`: row e is expert e's `[A_gu | B_gu | A_d |
+//! B_d]`, where gate and up are stacked as in `expert_proj.rs`. Expert-major, so the pack is a
+//! single `cat` of the adapters' factors viewed as `[E, ·]` (one copy per forward, the least a
+//! three-input op allows), and each expert's gradient is one contiguous block.
 //!
 //! As separate ops (dispatch, two grouped projections, combine) the gathered rows `[M, H]`,
 //! the activation `[M, I]` and the expert outputs `[M, H]` (M = N·k) are graph nodes, each
@@ -54,36 +56,42 @@ impl MoeExperts {
         self.gate_up.bias.len() / self.gate_up.mat.out_in().0.max(1)
     }
 
-    /// The two projections over the packed adapter vector (or its gradient's shape).
+    /// Sizes of one expert's `[A_gu, B_gu, A_d, B_d]` blocks in the packed adapters.
+    fn blocks(&self) -> [usize; 4] {
+        let (gs, ds) = (&self.gate_up, &self.down);
+        [
+            gs.rt * gs.mat.out_in().1,
+            gs.brows * self.rank,
+            ds.rt * ds.mat.out_in().1,
+            ds.brows * self.rank,
+        ]
+    }
+
+    /// The two projections over the packed adapters (or their gradient's shape).
     fn projs<'a>(&'a self, p: &'a [f32]) -> CResult<(Proj<'a>, Proj<'a>)> {
         let e = self.experts();
         let (gs, ds) = (&self.gate_up, &self.down);
-        let sizes = [
-            e * gs.rt * gs.mat.out_in().1,
-            e * gs.brows * self.rank,
-            e * ds.rt * ds.mat.out_in().1,
-            e * ds.brows * self.rank,
-        ];
-        if p.len() != sizes.iter().sum::<usize>() {
+        let sizes = self.blocks();
+        let stride: usize = sizes.iter().sum();
+        if p.len() != e * stride {
             candle_core::bail!(
-                "moe experts: packed adapters hold {} values, expected {sizes:?}",
+                "moe experts: packed adapters hold {} values, expected {e} experts of {sizes:?}",
                 p.len()
             );
         }
-        let (a_gu, rest) = p.split_at(sizes[0]);
-        let (b_gu, rest) = rest.split_at(sizes[1]);
-        let (a_d, b_d) = rest.split_at(sizes[2]);
+        let at = |i: usize| &p[sizes[..i].iter().sum::<usize>()..];
         let proj = |s: &'a ProjSpec, a: &'a [f32], b: &'a [f32]| Proj {
             mat: &s.mat,
             bias: &s.bias,
             a,
             b,
+            stride,
             parts: &s.parts,
             r: self.rank,
             rt: s.rt,
             brows: s.brows,
         };
-        let (gu, dn) = (proj(gs, a_gu, b_gu), proj(ds, a_d, b_d));
+        let (gu, dn) = (proj(gs, at(0), at(1)), proj(ds, at(2), at(3)));
         gu.check(e)?;
         dn.check(e)?;
         Ok((gu, dn))
@@ -109,7 +117,7 @@ impl MoeExperts {
 }
 
 /// Splits a `[E, size]` gradient buffer into each segment's expert block (empty blocks when
-/// the projection has no adapters).
+/// the adapters hold nothing).
 fn expert_blocks<'a>(
     buf: &'a mut [f32],
     size: usize,
@@ -219,18 +227,16 @@ impl CustomOp3 for MoeExperts {
             .collect();
         let mut dxs = vec![0f32; m * hd];
         let mut dp = vec![0f32; pv.len()];
-        let e = self.experts();
-        let (da_gu, rest) = dp.split_at_mut(e * gu.a_len());
-        let (db_gu, rest) = rest.split_at_mut(e * gu.b_len());
-        let (da_d, db_d) = rest.split_at_mut(e * dn.a_len());
-        let grads = expert_blocks(da_gu, gu.a_len(), &self.segs)?
+        let sizes = self.blocks();
+        // Each segment's expert block of the gradient, split as the pack is.
+        let grads = expert_blocks(&mut dp, sizes.iter().sum(), &self.segs)?
             .into_iter()
-            .zip(expert_blocks(db_gu, gu.b_len(), &self.segs)?)
-            .zip(
-                expert_blocks(da_d, dn.a_len(), &self.segs)?
-                    .into_iter()
-                    .zip(expert_blocks(db_d, dn.b_len(), &self.segs)?),
-            );
+            .map(|blk| {
+                let (da_gu, rest) = blk.split_at_mut(sizes[0]);
+                let (db_gu, rest) = rest.split_at_mut(sizes[1]);
+                let (da_d, db_d) = rest.split_at_mut(sizes[2]);
+                ((da_gu, db_gu), (da_d, db_d))
+            });
         let items = self.segs.iter().zip(
             segment_rows(&mut dxs, hd, &self.segs)?
                 .into_iter()
