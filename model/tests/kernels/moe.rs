@@ -88,10 +88,10 @@ struct Layer {
     down_bias: Tensor,
 }
 
-const E: usize = 5;
+pub(super) const E: usize = 5;
 const H: usize = 12;
 const I: usize = 8;
-const K: usize = 2;
+pub(super) const K: usize = 2;
 
 fn layer(dev: &Device) -> Layer {
     Layer {
@@ -104,7 +104,7 @@ fn layer(dev: &Device) -> Layer {
 
 /// Token t's first choice is expert 0 (hit by every token), its second expert 1 or 2;
 /// experts 3 and 4 get no token. Per expert: its routing slots t·k + j in token order.
-fn routing(n: usize) -> Vec<Vec<u32>> {
+pub(super) fn routing(n: usize) -> Vec<Vec<u32>> {
     let mut per_expert = vec![Vec::new(); E];
     for t in 0..n {
         per_expert[0].push((t * K) as u32);

@@ -6,6 +6,7 @@
 //! gemm), output rows that are not a multiple of a tile or a thread chunk, one expert hit by
 //! every token and experts hit by none.
 
+use super::moe::{routing, E, K};
 use super::{assert_grads, expect_kernel, probe_grads, randn, var};
 use crate::common::max_abs;
 use candle_core::{DType, Device, Tensor, Var};
@@ -85,8 +86,6 @@ fn mapped_bf16_lm_head_loss_matches_reference() {
     }
 }
 
-const E: usize = 5;
-const K: usize = 2;
 /// Multiples of the MXFP4 group (32); `H` = 96 rows of `down` is not a multiple of 64.
 const H: usize = 96;
 const I: usize = 32;
@@ -109,17 +108,6 @@ fn packed(rows: usize, inp: usize, seed: u64, interleaved: bool) -> ExpertMat {
         rows,
     };
     ExpertMat::Packed(Packed::new(vec![part], E, inp, interleaved).unwrap())
-}
-
-/// Token t's first choice is expert 0 (hit by every token), its second expert 1 or 2;
-/// experts 3 and 4 get no token.
-fn routing(n: usize) -> Vec<Vec<u32>> {
-    let mut per_expert = vec![Vec::new(); E];
-    for t in 0..n {
-        per_expert[0].push((t * K) as u32);
-        per_expert[1 + t % 2].push((t * K + 1) as u32);
-    }
-    per_expert
 }
 
 /// Rank-3 adapters `(A [E, r, in], B [E, out, r])` of gate, up and down.
