@@ -18,9 +18,11 @@ Writes fixtures/merge/:
                then W + alpha/r · (B·A)ᵀ at the interleaved columns; attention/router
                W + alpha/r · B·A.
 - expected_hf_mxfp4.safetensors  the merged experts re-quantized (`--format hf-mxfp4`):
-               per 32-group the smallest exponent e with amax <= 6·2^e, values rounded to the
-               nearest E2M1 value, ties to the even table index (= even mantissa), written here
-               with numpy from that definition.
+               per 32-group the smallest exponent e with amax <= 6·2^e, or e - 1 if encoding
+               there (the largest values saturating at 6·2^(e-1)) has the smaller squared
+               error (ties keep e); values rounded to the nearest E2M1 value, ties to the even
+               table index (= even mantissa), saturating at 6; written here with numpy from that
+               definition.
 """
 
 import json
@@ -62,9 +64,23 @@ def config():
     }
 
 
+def encode_at(g, e):
+    """Nibbles of the groups g [..., 32] at exponents e [...], and the values they decode to."""
+    lut = np.array(FP4_VALUES[:8], dtype=np.float64)
+    x = g / (2.0 ** e)[..., None]
+    dist = np.abs(np.minimum(np.abs(x), 6.0)[..., None] - lut)  # [..., 32, 8]
+    best = dist.min(-1, keepdims=True)
+    # Ties go to the even index: pick the first minimum among even indices if one ties.
+    cand = np.isclose(dist, best, rtol=0, atol=1e-12)
+    even = cand & (np.arange(8) % 2 == 0)
+    mag = np.where(even.any(-1), even.argmax(-1), cand.argmax(-1))
+    nib = (mag | np.where(np.signbit(x), 8, 0)).astype(np.uint8)
+    deq = np.where(np.signbit(x), -1.0, 1.0) * lut[mag] * (2.0 ** e)[..., None]
+    return nib, deq
+
+
 def quantize(w):
     """[..., n] float64 -> (blocks [..., n/32, 16] u8, scales [..., n/32] u8)."""
-    lut = np.array(FP4_VALUES[:8], dtype=np.float64)
     g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
     amax = np.abs(g).max(-1)
     e = np.full(amax.shape, -127, dtype=np.int64)
@@ -76,14 +92,14 @@ def quantize(w):
         while a > 6.0 * 2.0 ** k:
             k += 1
         e[idx] = k
-    x = g / (2.0 ** e)[..., None]
-    dist = np.abs(np.abs(x)[..., None] - lut)  # [..., 32, 8]
-    best = dist.min(-1, keepdims=True)
-    # Ties go to the even index: pick the first minimum among even indices if one ties.
-    cand = np.isclose(dist, best, rtol=0, atol=1e-12)
-    even = cand & (np.arange(8) % 2 == 0)
-    mag = np.where(even.any(-1), even.argmax(-1), cand.argmax(-1))
-    nib = (mag | np.where(np.signbit(x), 8, 0)).astype(np.uint8)
+    # The exponent below, where the largest values saturate, when its error is smaller.
+    lower = np.maximum(e - 1, -127)
+    _, deq_e = encode_at(g, e)
+    _, deq_l = encode_at(g, lower)
+    err_e = ((g - deq_e) ** 2).sum(-1)
+    err_l = ((g - deq_l) ** 2).sum(-1)
+    e = np.where((e > -127) & (err_l < err_e), lower, e)
+    nib, _ = encode_at(g, e)
     blocks = (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
     return blocks, (e + 127).astype(np.uint8)
 
