@@ -32,7 +32,7 @@ pub const GROUP_BYTES: usize = 16;
 
 /// 2^(s − 127) as f32, exactly (s = 0 is the subnormal 2^-127, s = 255 overflows to inf,
 /// as `ldexp` in the reference).
-pub fn e8m0(s: u8) -> f32 {
+pub const fn e8m0(s: u8) -> f32 {
     if s == 0 {
         f32::from_bits(1 << 22)
     } else {

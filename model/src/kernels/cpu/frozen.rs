@@ -26,8 +26,13 @@ use crate::quant::matrix::{Matrix, Stored};
 use candle_core::{CpuStorage, Storage};
 use rayon::prelude::*;
 
-/// Rows of `x` up to which the fused matrix–vector kernels beat tile + gemm.
-const MATVEC_ROWS: usize = 4;
+/// Rows of `x` up to which the fused kernels beat tile + gemm (`osstune bench kernels --m`,
+/// one and two threads, gpt-oss-20b shapes): the MXFP4 kernel dequantizes a group once for
+/// four x rows and runs the same cache-resident rows again for the next four, which at
+/// 8–24 rows is 1.5× the tile path (whose f32 tile costs as much as the product there); a
+/// bf16 row widens in two instructions, so gemm takes over sooner.
+const FUSED_ROWS_MXFP4: usize = 24;
+const FUSED_ROWS_BF16: usize = 12;
 /// Output rows per parallel task of the matrix–vector path.
 const MATVEC_CHUNK: usize = 64;
 
@@ -189,8 +194,9 @@ impl<'a> Frozen<'a> {
         }
     }
 
-    /// Widens (dequantizes) rows `r0..r0 + n` of `piece` into `dst [n, in]`.
-    fn rows(&self, p: &Piece, (r0, n): (usize, usize), dst: &mut [f32]) {
+    /// Widens (dequantizes) rows `r0..r0 + n` of `piece` into `dst [n, in]`: output rows, or
+    /// with `stored` the rows as they lie (which differ only for interleaved gate/up).
+    fn rows(&self, p: &Piece, (r0, n): (usize, usize), dst: &mut [f32], stored: bool) {
         let inp = self.inp;
         match p.src {
             Src::F32(w) => dst.copy_from_slice(&w[r0 * inp..(r0 + n) * inp]),
@@ -213,12 +219,19 @@ impl<'a> Frozen<'a> {
                 blocks,
                 scales,
                 interleaved,
-            } => matvec::mxfp4_rows(blocks, scales, inp, &order(p, interleaved), (r0, n), dst),
+            } => matvec::mxfp4_rows(
+                blocks,
+                scales,
+                inp,
+                &order(p, interleaved && !stored),
+                (r0, n),
+                dst,
+            ),
         }
     }
 
-    /// `y [m, n]` (row stride n) = `x [m, in]` · rows `r0..r0 + n` of `piece`ᵀ with the fused
-    /// kernels, if the storage has one.
+    /// `y [m, n]` (row stride n) = `x [m, in]` · stored rows `r0..r0 + n` of `piece`ᵀ with the
+    /// fused kernels, if the storage has one.
     fn fused(
         &self,
         p: &Piece,
@@ -233,13 +246,8 @@ impl<'a> Frozen<'a> {
                 bytes,
                 stored: Stored::Bf16,
             } => matvec::bf16_xwt(bytes, inp, &Identity, (r0, n), x, m, y, n),
-            Src::Mxfp4 {
-                blocks,
-                scales,
-                interleaved,
-            } => {
-                let map = order(p, interleaved);
-                matvec::mxfp4_xwt(blocks, scales, inp, &map, (r0, n), x, m, y, n)
+            Src::Mxfp4 { blocks, scales, .. } => {
+                matvec::mxfp4_xwt(blocks, scales, inp, &Identity, (r0, n), x, m, y, n)
             }
             _ => return false,
         }
@@ -274,10 +282,27 @@ impl<'a> Frozen<'a> {
                 );
                 continue;
             }
-            // Chunks of output rows, each a task: fused products for few rows of x, tile +
-            // gemm otherwise.
-            let fused = m <= MATVEC_ROWS;
-            let chunk = if fused {
+            // Chunks of stored rows, each a task: fused products for few rows of x, tile +
+            // gemm otherwise. Stored order, so that every task streams one contiguous run of
+            // the weights (HF's interleaved gate/up rows go to their output columns on the
+            // way out).
+            let interleaved = matches!(
+                p.src,
+                Src::Mxfp4 {
+                    interleaved: true,
+                    ..
+                }
+            );
+            let half = p.rows / 2;
+            let fused = match p.src {
+                Src::Mxfp4 { .. } => m <= FUSED_ROWS_MXFP4,
+                _ => m <= FUSED_ROWS_BF16,
+            };
+            let split = may_split();
+            let chunk = if fused && !split {
+                // One thread: one call over every row (the kernel reorders x once a call).
+                p.rows
+            } else if fused {
                 MATVEC_CHUNK
             } else if m >= 64 {
                 128
@@ -294,7 +319,7 @@ impl<'a> Frozen<'a> {
                 if !(fused && self.fused(p, (r0, n), x, m, &mut part)) {
                     let mut tile = TILE.with(|t| t.take());
                     tile.resize(n * inp, 0.0);
-                    self.rows(p, (r0, n), &mut tile);
+                    self.rows(p, (r0, n), &mut tile, true);
                     gemm_rs(
                         &mut part,
                         false,
@@ -308,11 +333,27 @@ impl<'a> Frozen<'a> {
                     TILE.with(|t| t.replace(tile));
                 }
                 for t in 0..m {
+                    let src = &part[t * n..(t + 1) * n];
+                    if interleaved {
+                        // Stored row s is gate s/2 (even) or up s/2 (odd): output column
+                        // s/2 or half + s/2.
+                        for (i, &v) in src.iter().enumerate() {
+                            let s = r0 + i;
+                            let col = s / 2 + if s % 2 == 1 { half } else { 0 };
+                            let at = t * ldy + p.row0 + col;
+                            assert!(at < y_len);
+                            // SAFETY: in bounds (checked); each stored row has its own column.
+                            unsafe {
+                                let d = yp.ptr().add(at);
+                                *d = if acc { *d + v } else { v };
+                            }
+                        }
+                        continue;
+                    }
                     let at = t * ldy + p.row0 + r0;
                     assert!(at + n <= y_len);
                     // SAFETY: in bounds (checked above); the chunks write disjoint columns.
                     let row = unsafe { std::slice::from_raw_parts_mut(yp.ptr().add(at), n) };
-                    let src = &part[t * n..(t + 1) * n];
                     if acc {
                         row.iter_mut().zip(src).for_each(|(d, s)| *d += s);
                     } else {
@@ -320,7 +361,7 @@ impl<'a> Frozen<'a> {
                     }
                 }
             };
-            if n_chunks > 1 && may_split() {
+            if n_chunks > 1 && split {
                 (0..n_chunks).into_par_iter().for_each(task);
             } else {
                 (0..n_chunks).for_each(task);
@@ -357,7 +398,7 @@ impl<'a> Frozen<'a> {
             for r0 in (0..p.rows).step_by(TILE_ROWS) {
                 let n = TILE_ROWS.min(p.rows - r0);
                 tile.resize(n * inp, 0.0);
-                self.rows(p, (r0, n), &mut tile);
+                self.rows(p, (r0, n), &mut tile, false);
                 gemm_rs(
                     dx,
                     acc,
