@@ -472,3 +472,50 @@ fn adapter_runs_unmerged_on_the_base() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("0123abcd"), "{}", stderr(&o));
 }
+
+/// `bench kernels` at toy widths: every case and m prints a GB/s line, `--mapped` leaves its
+/// scratch folder empty, and a width that is not whole MXFP4 groups is refused by name.
+#[test]
+fn bench_kernels_measures_each_case() {
+    let dir = scratch("bench-kernels");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = osstune()
+        .args(["bench", "kernels", "--hidden", "64", "--intermediate", "96"])
+        .args([
+            "--bf16-rows",
+            "300",
+            "--experts",
+            "3",
+            "--m",
+            "1,5,30",
+            "--iters",
+            "1",
+        ])
+        .args(["--threads", "2", "--mapped"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bench kernels: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for case in ["bf16", "mxfp4"] {
+        for m in ["m=1 ", "m=5 ", "m=30 "] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(case) && l.contains(m) && l.contains("GB/s")),
+                "no {case} {m} line in:\n{text}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "scratch files left"
+    );
+
+    let bad = osstune()
+        .args(["bench", "kernels", "--hidden", "50", "--iters", "1"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--hidden"), "{}", stderr(&bad));
+}

@@ -62,6 +62,12 @@ fn open_file(path: &Path) -> Result<Mapped> {
     // truncating it while the model is alive.
     let map =
         unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+    // Decode streams gigabytes of these pages per token: with 4 KiB mappings every page is a
+    // TLB miss and a stop for the hardware prefetcher. Asking for huge pages lets the kernel
+    // read the file into 2 MiB folios and map them whole where it can; a kernel that cannot
+    // keeps 4 KiB pages, which only costs speed.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     crate::io::tensor_bounds::check_mapped(path, &map)?;
     let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
         .map_err(|e| anyhow::anyhow!("{e}"))

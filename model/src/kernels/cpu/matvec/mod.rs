@@ -1,6 +1,7 @@
 //! Fused matrix kernels over weights kept in their stored encoding: `y = x · Wᵀ` for a few
-//! activation rows (decode: one token; small-batch prefill: up to ~8) and whole-row widening for
-//! the tiled GEMM of large batches, with `W` given as the raw bytes of a bf16 or MXFP4 tensor.
+//! activation rows (decode: one token; prefill: the few tokens each expert receives) and
+//! whole-row widening for the tiled GEMM of large batches, with `W` given as the raw bytes of a
+//! bf16 or MXFP4 tensor.
 //!
 //! Why fused: decoding one token reads every weight of the layers it visits once, and does two
 //! flops per weight, so it is bound by memory bandwidth, not arithmetic. Dequantizing a matrix
@@ -24,16 +25,23 @@
 //! Every E2M1 value times two is a small integer (−12..12), so a 16-entry i8 table looked up
 //! with a byte shuffle (`pshufb` / `tbl`) turns 16 packed bytes into 32 exact integers; those are
 //! converted to f32, multiplied-added against `x`, and each group's partial sum is scaled once by
-//! `scale / 2` (exact: a power of two). Products are therefore formed from exact weights, and
-//! the only rounding is f32 accumulation (relative error ~1e-7 of Σ|x·w| at these widths).
+//! `scale / 2` (exact: a power of two). AVX-512 looks the E2M1 values up as f32 directly
+//! (`vpermps` over a 16-entry table), which halves the instructions per group. Products are
+//! therefore formed from exact weights, and the only rounding is f32 accumulation (relative
+//! error ~1e-7 of Σ|x·w| at these widths).
+//!
+//! Decode is one x row against every weight row, and at gpt-oss-20b shapes the MXFP4 kernel
+//! is bound by its arithmetic, not by memory: the x86 kernels therefore run a block of weight
+//! rows at once (`each_block!`: independent sums in flight, x loads shared) and prefetch the
+//! next block's bytes while they work (the hardware prefetcher alone left the kernel waiting
+//! on memory, at a fifth of the read bandwidth). bf16 rows run one at a time: that kernel is
+//! at the read bandwidth with two threads, and more concurrent row streams slowed it.
 //!
 //! Dispatch: AVX-512F, AVX2 + FMA (x86-64, detected once at run time and cached), NEON
 //! (aarch64), and a portable scalar fallback. The functions are pure: no threads (the caller
 //! splits output rows across threads) and a fixed summation order, so a row's result depends
 //! only on its weights and `x`: not on `m`, on how the rows are split, or on the call.
 //! Different ISAs sum in different orders and agree to rounding.
-
-// Wired in by the stored-weight engine; until then only the tests call these.
 
 use std::sync::OnceLock;
 
