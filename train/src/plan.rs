@@ -37,6 +37,7 @@ use crate::config::TrainConfig;
 use anyhow::{Context, Result};
 use candle_core::DeviceLocation;
 use osstune_model::device::resolve_dtype;
+use osstune_model::io::tensor_bounds;
 use osstune_model::kernels::{self, memory};
 use osstune_model::{Config, LoraTarget, Target};
 use std::path::Path;
@@ -108,43 +109,16 @@ fn weight_bytes(dir: &Path, elem: u64, mapped: bool) -> Result<(u64, u64)> {
         if p.extension().and_then(|x| x.to_str()) != Some("safetensors") {
             continue;
         }
-        let mut f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-        let mut len = [0u8; 8];
-        std::io::Read::read_exact(&mut f, &mut len)
-            .with_context(|| format!("{}: no safetensors header", p.display()))?;
-        let n = u64::from_le_bytes(len) as usize;
-        if n > 100 << 20 {
-            anyhow::bail!("{}: implausible safetensors header size {n}", p.display());
-        }
-        let mut hdr = vec![0u8; n];
-        std::io::Read::read_exact(&mut f, &mut hdr)
-            .with_context(|| format!("{}: truncated header", p.display()))?;
-        let j: serde_json::Value = serde_json::from_slice(&hdr)
-            .with_context(|| format!("{}: header is not JSON", p.display()))?;
-        let Some(obj) = j.as_object() else { continue };
-        for (name, t) in obj {
-            if name == "__metadata__" {
-                continue;
-            }
-            let shape: Vec<u64> = t["shape"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
-            let numel: u64 = shape.iter().product();
-            let stored = match t["dtype"].as_str() {
-                Some("F32") | Some("U32") | Some("I32") => 4,
-                Some("BF16") | Some("F16") => 2,
-                _ => 1,
-            };
-            match t["dtype"].as_str() {
-                Some("U8") | Some("U32") | Some("I8") => {
-                    total += numel * stored;
-                    packed += numel * stored;
+        for t in tensor_bounds::read_header(&p)? {
+            let numel: u64 = t.shape.iter().product();
+            let stored = t.end - t.start;
+            match t.dtype.as_str() {
+                "U8" | "U32" | "I8" => {
+                    total += stored;
+                    packed += stored;
                 }
-                _ if mapped && name.ends_with(".weight") && shape.len() == 2 => {
-                    total += numel * stored
-                }
-                _ if mapped => total += numel * (stored + 4),
+                _ if mapped && t.name.ends_with(".weight") && t.shape.len() == 2 => total += stored,
+                _ if mapped => total += stored + 4 * numel,
                 _ => total += numel * elem,
             }
         }

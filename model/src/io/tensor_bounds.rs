@@ -31,6 +31,7 @@ fn dtype_size(d: &str) -> Option<u64> {
 }
 
 /// One tensor's entry: (name, dtype, shape, [start, end)) in header order.
+#[derive(Debug)]
 pub struct Entry {
     pub name: String,
     pub dtype: String,
@@ -138,6 +139,43 @@ fn first_non_finite_scalar(dtype: &str, b: &[u8]) -> Option<usize> {
     }
 }
 
+/// `path`'s checked header entries, reading the header only (sizing a checkpoint, as
+/// `train --plan` does, must not read gigabytes of values). Errors name the file and tensor.
+pub fn read_header(path: &Path) -> Result<Vec<Entry>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    let n = header_len(path, len, |b| f.read_exact(b).map_err(Into::into))?;
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    parse_header(&header, len - 8 - n)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))
+}
+
+/// The header length of a `len`-byte safetensors file whose first 8 bytes `read` fills,
+/// checked against the file and `MAX_HEADER`.
+fn header_len(path: &Path, len: u64, read: impl FnOnce(&mut [u8; 8]) -> Result<()>) -> Result<u64> {
+    let mut first = [0u8; 8];
+    if len < 8 || read(&mut first).is_err() {
+        bail!(
+            "{} is not a valid safetensors file (shorter than the 8-byte header length)",
+            path.display()
+        );
+    }
+    let n = u64::from_le_bytes(first);
+    if n > MAX_HEADER || n > len - 8 {
+        bail!(
+            "{} is not a valid safetensors file (header length {n} for a {len}-byte file)",
+            path.display()
+        );
+    }
+    Ok(n)
+}
+
 /// Checks `path`'s header and values (see the module docs). Errors name the file and tensor.
 pub fn check_file(path: &Path) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -151,20 +189,10 @@ pub fn check_file(path: &Path) -> Result<()> {
 /// parallel and in vector-friendly blocks: on a 13 GB checkpoint it reads the float tensors
 /// and the MXFP4 scales (not the blocks, which cannot hold a NaN), once, at memory speed.
 pub fn check_mapped(path: &Path, map: &[u8]) -> Result<()> {
-    let len = map.len() as u64;
-    if len < 8 {
-        bail!(
-            "{} is not a valid safetensors file (shorter than the 8-byte header length)",
-            path.display()
-        );
-    }
-    let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
-    if n > MAX_HEADER || n > len - 8 {
-        bail!(
-            "{} is not a valid safetensors file (header length {n} for a {len}-byte file)",
-            path.display()
-        );
-    }
+    let n = header_len(path, map.len() as u64, |b| {
+        b.copy_from_slice(&map[..8]);
+        Ok(())
+    })?;
     let data = &map[8 + n as usize..];
     let entries = parse_header(&map[8..8 + n as usize], data.len() as u64)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
@@ -209,6 +237,42 @@ mod tests {
         assert!(e.contains("tensor a") && e.contains("needs 12"), "{e}");
         let h = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
         assert_eq!(parse_header(h, 8).unwrap().len(), 1);
+    }
+
+    /// `read_header` reads the entries without the data, and refuses short files and header
+    /// lengths past the end, naming the file; the data's values are not its business.
+    #[test]
+    fn read_header_reads_only_the_header() {
+        let dir = std::env::temp_dir().join(format!("osstune-read-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let h = br#"{"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let mut file = (h.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(h);
+        file.extend_from_slice(&[0xff; 12]); // NaN bf16 values: not looked at
+        let good = dir.join("good.safetensors");
+        std::fs::write(&good, &file).unwrap();
+        let e = read_header(&good).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].name.as_str(), e[0].dtype.as_str()), ("w", "BF16"));
+        assert_eq!(
+            (e[0].shape.clone(), e[0].start, e[0].end),
+            (vec![2, 3], 0, 12)
+        );
+        let short = dir.join("short.safetensors");
+        std::fs::write(&short, [1u8, 2, 3]).unwrap();
+        let msg = format!("{:#}", read_header(&short).unwrap_err());
+        assert!(
+            msg.contains("short.safetensors") && msg.contains("8-byte"),
+            "{msg}"
+        );
+        let long = dir.join("long.safetensors");
+        std::fs::write(&long, [200u8, 0, 0, 0, 0, 0, 0, 0, b'{', b'}']).unwrap();
+        let msg = format!("{:#}", read_header(&long).unwrap_err());
+        assert!(
+            msg.contains("long.safetensors") && msg.contains("header length 200"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
