@@ -407,7 +407,9 @@ unsafe fn mxfp4_dot_avx512<const R: usize, const M: usize>(
     for g in 0..groups {
         for j in 0..R {
             if g % 4 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(blk[j].add((g + R * groups) * GROUP_BYTES).cast());
+                // Into L2: its miss queue is deeper than L1's (1.13–1.19× measured here on
+                // AVX-512; the AVX2 kernel measured no gain and prefetches into L1).
+                _mm_prefetch::<_MM_HINT_T1>(blk[j].add((g + R * groups) * GROUP_BYTES).cast());
             }
             let (we, wo) = mxfp4_group_pair(blk[j].add(g * GROUP_BYTES), lut);
             let s = _mm512_set1_ps(SCALE[*sc[j].add(g) as usize]);
