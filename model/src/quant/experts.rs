@@ -158,6 +158,15 @@ pub fn stored_row(i: usize, rows: usize, interleaved: bool) -> usize {
     }
 }
 
+/// Model row of stored row `s` in a part of `rows` rows: the inverse of [`stored_row`].
+pub fn model_row(s: usize, rows: usize, interleaved: bool) -> usize {
+    match interleaved {
+        false => s,
+        true if s.is_multiple_of(2) => s / 2,
+        true => rows / 2 + s / 2,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ExpertMat {
     /// `[E, out, in]` in the model dtype.
@@ -246,5 +255,27 @@ impl ExpertMat {
             .map(|e| self.expert(e, dtype, dev))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&all, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{model_row, stored_row};
+
+    #[test]
+    fn model_row_inverts_stored_row() {
+        for rows in [2, 6, 5760] {
+            for interleaved in [false, true] {
+                for i in 0..rows {
+                    let s = stored_row(i, rows, interleaved);
+                    assert!(s < rows);
+                    assert_eq!(
+                        model_row(s, rows, interleaved),
+                        i,
+                        "{rows} {interleaved} {i}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -71,11 +71,11 @@ fn random_bytes(rng: &mut SplitMix64, n: usize) -> Vec<u8> {
     v
 }
 
-/// Finite bf16 values of magnitude ~2^-6..2^-3 (random sign and mantissa).
+/// Finite bf16 values of magnitude 2^-7..2^-5 (random sign and mantissa).
 fn random_bf16(rng: &mut SplitMix64, n: usize) -> Vec<u8> {
     let mut v = random_bytes(rng, 2 * n);
     for c in v.chunks_exact_mut(2) {
-        // Exponent field 121..124: clear the exponent bits, set a small one.
+        // Exponent field 120 or 121 (its low bit kept random): 2^-7..2^-5.
         let hi = (c[1] & 0x80) | 0x3c | (c[1] & 0x01);
         c[1] = hi;
     }

@@ -21,7 +21,7 @@
 use crate::kernels::cpu::matvec::{self, Deinterleave, Identity, RowMap};
 use crate::kernels::gemm::{gemm_ld, gemm_rs};
 use crate::kernels::op::CResult;
-use crate::quant::experts::ExpertMat;
+use crate::quant::experts::{model_row, ExpertMat};
 use crate::quant::matrix::{Matrix, Stored};
 use candle_core::{CpuStorage, Storage};
 use rayon::prelude::*;
@@ -293,7 +293,6 @@ impl<'a> Frozen<'a> {
                     ..
                 }
             );
-            let half = p.rows / 2;
             let fused = match p.src {
                 Src::Mxfp4 { .. } => m <= FUSED_ROWS_MXFP4,
                 _ => m <= FUSED_ROWS_BF16,
@@ -335,11 +334,8 @@ impl<'a> Frozen<'a> {
                 for t in 0..m {
                     let src = &part[t * n..(t + 1) * n];
                     if interleaved {
-                        // Stored row s is gate s/2 (even) or up s/2 (odd): output column
-                        // s/2 or half + s/2.
                         for (i, &v) in src.iter().enumerate() {
-                            let s = r0 + i;
-                            let col = s / 2 + if s % 2 == 1 { half } else { 0 };
+                            let col = model_row(r0 + i, p.rows, true);
                             let at = t * ldy + p.row0 + col;
                             assert!(at < y_len);
                             // SAFETY: in bounds (checked); each stored row has its own column.
