@@ -13,12 +13,14 @@
 //!   and multiplied with `gemm`; the widening is O(out·in) against the product's
 //!   O(m·out·in).
 //!
-//! Threads: outside a rayon task the output rows (forward) are split across threads; inside
-//! one (the MoE's expert segments, the loss blocks) everything runs on the calling thread.
+//! Threads: outside a parallel task the output rows (forward) are split across threads (on
+//! `pool.rs`'s spinning workers for a decoded token, on rayon otherwise); inside one (the
+//! MoE's expert segments, the loss blocks) everything runs on the calling thread.
 //! Each output element is computed by one thread in a fixed order: results do not depend on
 //! the thread count.
 
 use crate::kernels::cpu::matvec::{self, Deinterleave, Identity, RowMap};
+use crate::kernels::cpu::pool;
 use crate::kernels::gemm::{gemm_ld, gemm_rs};
 use crate::kernels::op::CResult;
 use crate::quant::experts::{model_row, ExpertMat};
@@ -170,9 +172,9 @@ impl SharedOut {
     }
 }
 
-/// Whether this call may split its work across threads (not already inside a rayon task).
+/// Whether this call may split its work across threads (not already inside a parallel task).
 fn may_split() -> bool {
-    crate::kernels::op::num_threads() > 1 && rayon::current_thread_index().is_none()
+    crate::kernels::op::num_threads() > 1 && !pool::in_task()
 }
 
 thread_local! {
@@ -357,7 +359,13 @@ impl<'a> Frozen<'a> {
                     }
                 }
             };
-            if n_chunks > 1 && split {
+            if n_chunks > 1 && split && m <= pool::SHORT_ROWS {
+                // A decoded token's product: on the spinning pool (see `pool.rs`).
+                pool::for_each(n_chunks, |c| {
+                    task(c);
+                    Ok(())
+                })?;
+            } else if n_chunks > 1 && split {
                 (0..n_chunks).into_par_iter().for_each(task);
             } else {
                 (0..n_chunks).for_each(task);

@@ -7,6 +7,7 @@
 //! weights are constants captured by the op, read where they lie (`frozen.rs`).
 
 use crate::kernels::cpu::frozen::with_expert;
+use crate::kernels::cpu::pool;
 use crate::kernels::gemm::gemm_rs;
 use crate::kernels::op::{contiguous_f32, num_threads, CResult};
 use crate::quant::experts::ExpertMat;
@@ -26,7 +27,8 @@ pub(crate) type Segments = Vec<(usize, usize, usize)>;
 /// Tasks go largest segment first, each thread taking the next as it frees up (longest
 /// processing time first). Routed token counts are uneven, and rayon's halving split of the
 /// list would leave one thread idle behind the heavier half. Every item writes only its own
-/// segment's rows and expert blocks, so the order changes no result.
+/// segment's rows and expert blocks, so the order changes no result. A decoded token's
+/// segments (a row or a few each) run on `pool.rs`'s spinning workers, others on rayon's.
 pub(crate) fn for_segments<X: Send>(
     items: Vec<(&(usize, usize, usize), X)>,
     f: impl Fn((&(usize, usize, usize), X)) -> CResult<()> + Sync + Send,
@@ -37,19 +39,26 @@ pub(crate) fn for_segments<X: Send>(
     }
     let mut items = items;
     items.sort_by_key(|(&(_, _, len), _)| std::cmp::Reverse(len));
+    let short = items[0].0 .2 <= pool::SHORT_ROWS;
     let queue: Vec<Mutex<Option<_>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    // Each item is taken once (`None` past the end).
+    let take = |i: usize| match queue.get(i) {
+        Some(slot) => slot
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("grouped op: task queue poisoned".into()))
+            .map(|mut slot| slot.take()),
+        None => Ok(None),
+    };
+    if short {
+        // A decoded token's experts: on the spinning pool (see `pool.rs`).
+        return pool::for_each(queue.len(), |i| take(i)?.map_or(Ok(()), &f));
+    }
     let next = AtomicUsize::new(0);
     (0..n).into_par_iter().try_for_each(|_| loop {
-        let Some(slot) = queue.get(next.fetch_add(1, Ordering::Relaxed)) else {
+        let Some(item) = take(next.fetch_add(1, Ordering::Relaxed))? else {
             return Ok(());
         };
-        let item = slot
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("grouped op: task queue poisoned".into()))?
-            .take();
-        if let Some(item) = item {
-            f(item)?;
-        }
+        f(item)?;
     })
 }
 

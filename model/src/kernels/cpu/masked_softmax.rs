@@ -8,6 +8,7 @@
 //! `(y, g)` instead of four candle ops.
 
 use crate::kernels::cpu::ops::sink_softmax_row;
+use crate::kernels::cpu::pool;
 use crate::kernels::cpu::vecmath::simd;
 use crate::kernels::mask::CausalMask;
 use crate::kernels::op::{contiguous_f32, CResult};
@@ -38,16 +39,14 @@ impl CustomOp2 for MaskedSinkSoftmax {
         }
         let mask = self.mask;
         let mut dst = vec![0f32; x.len()];
-        dst.par_chunks_mut(t * n)
-            .zip(x.par_chunks(t * n))
-            .enumerate()
-            .for_each(|(bh, (d, s))| {
-                let sink = sinks[bh % h];
-                for (i, (dr, sr)) in d.chunks_mut(n).zip(s.chunks(n)).enumerate() {
-                    let (lo, hi) = mask.range(i, n);
-                    simd(|| sink_softmax_row(&mut dr[lo..hi], &sr[lo..hi], sink));
-                }
-            });
+        pool::rows(&mut dst, t * n, |bh, d| {
+            let s = &x[bh * t * n..(bh + 1) * t * n];
+            let sink = sinks[bh % h];
+            for (i, (dr, sr)) in d.chunks_mut(n).zip(s.chunks(n)).enumerate() {
+                let (lo, hi) = mask.range(i, n);
+                simd(|| sink_softmax_row(&mut dr[lo..hi], &sr[lo..hi], sink));
+            }
+        });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 

@@ -1,5 +1,5 @@
-//! CPU f32 kernels: rayon over rows / blocks / expert segments, `gemm` for the products, and
-//! the AVX2 + FMA row loops of `vecmath.rs`. Called only through `kernels`' dispatch
+//! CPU f32 kernels: parallel over rows / blocks / expert segments (`pool.rs` says on which
+//! threads), `gemm` for the products, and the AVX2 + FMA row loops of `vecmath.rs`. Called only through `kernels`' dispatch
 //! functions, which checked the tensors are contiguous f32 on the CPU.
 
 pub(crate) mod attention;
@@ -13,5 +13,6 @@ pub(crate) mod matvec;
 pub(crate) mod moe;
 pub(crate) mod moe_experts;
 pub(crate) mod ops;
+pub(crate) mod pool;
 pub(crate) mod routing;
 pub(crate) mod vecmath;

@@ -8,6 +8,7 @@
 //! `kernels::{softmax_last_dim, rms_norm, rope, linear, swiglu}`, which pick this backend.
 
 use crate::kernels::cpu::frozen::with_matrix;
+use crate::kernels::cpu::pool;
 use crate::kernels::cpu::vecmath::{fast_exp, max_f32, simd, sum_f32};
 use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
 use crate::quant::matrix::Matrix;
@@ -40,18 +41,17 @@ impl CustomOp1 for Softmax {
         let src = contiguous_f32(s, l, "softmax")?;
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(n)
-            .zip(src.par_chunks(n))
-            .for_each(|(d, s)| {
-                simd(|| {
-                    let m = max_f32(s, f32::NEG_INFINITY);
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        *o = fast_exp(v - m);
-                    }
-                    let inv = 1.0 / sum_f32(d);
-                    d.iter_mut().for_each(|o| *o *= inv);
-                })
-            });
+        pool::rows(&mut dst, n, |i, d| {
+            let s = &src[i * n..(i + 1) * n];
+            simd(|| {
+                let m = max_f32(s, f32::NEG_INFINITY);
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = fast_exp(v - m);
+                }
+                let inv = 1.0 / sum_f32(d);
+                d.iter_mut().for_each(|o| *o *= inv);
+            })
+        });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 
@@ -90,17 +90,16 @@ impl CustomOp2 for RmsNorm {
         let n = w.len();
         let eps = self.eps;
         let mut dst = vec![0f32; x.len()];
-        dst.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(d, s)| {
-                simd(|| {
-                    let ms = s.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                    let r = 1.0 / (ms + eps).sqrt();
-                    for ((o, &v), &wv) in d.iter_mut().zip(s).zip(w) {
-                        *o = v * r * wv;
-                    }
-                })
-            });
+        pool::rows(&mut dst, n, |i, d| {
+            let s = &x[i * n..(i + 1) * n];
+            simd(|| {
+                let ms = s.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + eps).sqrt();
+                for ((o, &v), &wv) in d.iter_mut().zip(s).zip(w) {
+                    *o = v * r * wv;
+                }
+            })
+        });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -154,20 +153,19 @@ impl CustomOp3 for Rope {
         let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let h = d / 2;
         let mut dst = vec![0f32; x.len()];
-        dst.par_chunks_mut(t * d)
-            .zip(x.par_chunks(t * d))
-            .for_each(|(o, s)| {
-                for i in 0..t {
-                    let (c, sn) = (&cos[i * h..(i + 1) * h], &sin[i * h..(i + 1) * h]);
-                    let row = &s[i * d..(i + 1) * d];
-                    let out = &mut o[i * d..(i + 1) * d];
-                    for k in 0..h {
-                        let (x1, x2) = (row[k], row[k + h]);
-                        out[k] = x1 * c[k] - x2 * sn[k];
-                        out[k + h] = x2 * c[k] + x1 * sn[k];
-                    }
+        pool::rows(&mut dst, t * d, |j, o| {
+            let s = &x[j * t * d..(j + 1) * t * d];
+            for i in 0..t {
+                let (c, sn) = (&cos[i * h..(i + 1) * h], &sin[i * h..(i + 1) * h]);
+                let row = &s[i * d..(i + 1) * d];
+                let out = &mut o[i * d..(i + 1) * d];
+                for k in 0..h {
+                    let (x1, x2) = (row[k], row[k + h]);
+                    out[k] = x1 * c[k] - x2 * sn[k];
+                    out[k + h] = x2 * c[k] + x1 * sn[k];
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -274,9 +272,9 @@ impl CustomOp1 for SwiGlu {
         let i = two_i / 2;
         let (lim, alpha) = (self.limit, self.alpha);
         let mut dst = vec![0f32; n * i];
-        dst.par_chunks_mut(i)
-            .zip(u.par_chunks(two_i))
-            .for_each(|(d, r)| simd(|| swiglu_row(d, r, lim, alpha)));
+        pool::rows(&mut dst, i, |j, d| {
+            simd(|| swiglu_row(d, &u[j * two_i..(j + 1) * two_i], lim, alpha))
+        });
         Ok((CpuStorage::F32(dst), Shape::from((n, i))))
     }
 

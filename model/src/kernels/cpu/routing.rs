@@ -12,6 +12,7 @@
 //! pass each way, parallel over tokens (every token has exactly k rows, so no two threads
 //! write the same output row).
 
+use crate::kernels::cpu::pool;
 use crate::kernels::op::{contiguous_f32, storage_f32, CResult};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -39,7 +40,7 @@ impl CustomOp2 for Combine {
         let (_, h) = l1.shape().dims2()?;
         let n = self.rows.len() / self.k;
         let mut dst = vec![0f32; n * h];
-        dst.par_chunks_mut(h).enumerate().for_each(|(t, d)| {
+        pool::rows(&mut dst, h, |t, d| {
             for j in 0..self.k {
                 let s = t * self.k + j;
                 let m = self.rows[s] as usize;
@@ -117,8 +118,8 @@ impl CustomOp1 for Dispatch {
         let x = contiguous_f32(s, l, "moe dispatch")?;
         let (_, h) = l.shape().dims2()?;
         let mut xs = vec![0f32; self.slots.len() * h];
-        xs.par_chunks_mut(h).zip(&self.slots).for_each(|(d, &s)| {
-            let t = s as usize / self.k;
+        pool::rows(&mut xs, h, |i, d| {
+            let t = self.slots[i] as usize / self.k;
             d.copy_from_slice(&x[t * h..(t + 1) * h]);
         });
         Ok((CpuStorage::F32(xs), Shape::from((self.slots.len(), h))))
