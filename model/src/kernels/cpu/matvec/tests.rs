@@ -351,7 +351,7 @@ fn bf16_xwt_extreme_values() {
 fn check_mxfp4_xwt(regime: &[u8], x_scale: f32, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     for rows in [1, 3, 37] {
-        for inp in [32, 64, 96, 2880] {
+        for inp in [32, 64, 96, 128, 224, 2880] {
             let g = inp / GROUP;
             let blocks: Vec<u8> = (0..rows * g * 16).map(|_| rng.next_u64() as u8).collect();
             let scales: Vec<u8> = (0..rows * g)
