@@ -26,7 +26,6 @@ use crate::kernels::op::CResult;
 use crate::quant::experts::{model_row, ExpertMat};
 use crate::quant::matrix::{Matrix, Stored};
 use candle_core::{CpuStorage, Storage};
-use rayon::prelude::*;
 
 /// Rows of `x` up to which the fused kernels beat tile + gemm (`osstune bench kernels --m`,
 /// one and two threads, gpt-oss-20b shapes): the MXFP4 kernel dequantizes a group once for
@@ -359,14 +358,11 @@ impl<'a> Frozen<'a> {
                     }
                 }
             };
-            if n_chunks > 1 && split && m <= pool::SHORT_ROWS {
-                // A decoded token's product: on the spinning pool (see `pool.rs`).
-                pool::for_each(n_chunks, |c| {
+            if n_chunks > 1 && split {
+                pool::run(m, n_chunks, |c| {
                     task(c);
                     Ok(())
                 })?;
-            } else if n_chunks > 1 && split {
-                (0..n_chunks).into_par_iter().for_each(task);
             } else {
                 (0..n_chunks).for_each(task);
             }

@@ -12,8 +12,6 @@ use crate::kernels::gemm::gemm_rs;
 use crate::kernels::op::{contiguous_f32, num_threads, storage_f32, CResult};
 use crate::quant::experts::ExpertMat;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// `(expert, first row, rows)`
@@ -39,26 +37,14 @@ pub(crate) fn for_segments<X: Send>(
     }
     let mut items = items;
     items.sort_by_key(|(&(_, _, len), _)| std::cmp::Reverse(len));
-    let short = items[0].0 .2 <= pool::SHORT_ROWS;
+    let longest = items[0].0 .2;
     let queue: Vec<Mutex<Option<_>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
-    // Each item is taken once (`None` past the end).
-    let take = |i: usize| match queue.get(i) {
-        Some(slot) => slot
+    pool::run(longest, queue.len(), |i| {
+        let item = queue[i]
             .lock()
-            .map_err(|_| candle_core::Error::Msg("grouped op: task queue poisoned".into()))
-            .map(|mut slot| slot.take()),
-        None => Ok(None),
-    };
-    if short {
-        // A decoded token's experts: on the spinning pool (see `pool.rs`).
-        return pool::for_each(queue.len(), |i| take(i)?.map_or(Ok(()), &f));
-    }
-    let next = AtomicUsize::new(0);
-    (0..n).into_par_iter().try_for_each(|_| loop {
-        let Some(item) = take(next.fetch_add(1, Ordering::Relaxed))? else {
-            return Ok(());
-        };
-        f(item)?;
+            .map_err(|_| candle_core::Error::Msg("grouped op: task queue poisoned".into()))?
+            .take();
+        item.map_or(Ok(()), &f)
     })
 }
 

@@ -1,6 +1,7 @@
 //! CPU f32 kernels: parallel over rows / blocks / expert segments (`pool.rs` says on which
-//! threads), `gemm` for the products, and the AVX2 + FMA row loops of `vecmath.rs`. Called only through `kernels`' dispatch
-//! functions, which checked the tensors are contiguous f32 on the CPU.
+//! threads), `gemm` for the products, and the AVX2 + FMA row loops of `vecmath.rs`. Called
+//! only through `kernels`' dispatch functions, which checked the tensors are contiguous f32
+//! on the CPU.
 
 pub(crate) mod attention;
 pub(crate) mod expert_proj;

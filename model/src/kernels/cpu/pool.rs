@@ -224,6 +224,27 @@ pub(crate) fn for_each(n: usize, f: impl Fn(usize) -> CResult<()> + Sync) -> CRe
     err.map_or(Ok(()), Err)
 }
 
+/// Runs `f(0)`, …, `f(n − 1)` in parallel for a product of `rows` rows of x: on this pool
+/// when it is decode-sized (`SHORT_ROWS`), else on rayon's workers. Either way each thread
+/// claims the next task in order as it frees up, so tasks listed largest first are
+/// scheduled longest-first. Returns the first error.
+pub(crate) fn run(rows: usize, n: usize, f: impl Fn(usize) -> CResult<()> + Sync) -> CResult<()> {
+    use rayon::prelude::*;
+    if rows <= SHORT_ROWS {
+        return for_each(n, f);
+    }
+    let next = AtomicUsize::new(0);
+    (0..num_threads().min(n))
+        .into_par_iter()
+        .try_for_each(|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return Ok(());
+            }
+            f(i)?;
+        })
+}
+
 /// `f(i, row)` for each `width`-long row of `dst`: on the calling thread for small outputs
 /// (a decoded token's), else split across rayon's workers. Each row is written by one call,
 /// so the result does not depend on the split.
